@@ -1,0 +1,93 @@
+"""The message every channel hands to the store, and its lifecycle."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+# Directions
+IN = "in"  # towards the PBX (ITSP webhook -> Asterisk)
+OUT = "out"  # from the PBX (FastAGI / websms CLI -> ITSP)
+
+# Lifecycle: received -> queued -> sending -> sent -> delivered, or -> failed (+ reason).
+RECEIVED = "received"
+QUEUED = "queued"
+SENDING = "sending"
+SENT = "sent"
+DELIVERED = "delivered"
+FAILED = "failed"
+CANCELLED = "cancelled"
+
+STATUSES = (RECEIVED, QUEUED, SENDING, SENT, DELIVERED, FAILED, CANCELLED)
+FINAL = frozenset({SENT, DELIVERED, FAILED, CANCELLED})
+
+
+def new_id(now: Optional[float] = None) -> str:
+    """A message id: sortable by creation time, unique without coordination.
+
+    12 hex digits of milliseconds since the epoch, then 8 random hex digits; safe in a
+    file name, a SQL literal, an AGI reply and a URL.
+    """
+    ms = int((time.time() if now is None else now) * 1000)
+    return f"{ms:012x}{os.urandom(4).hex()}"
+
+
+@dataclass
+class Message:
+    direction: str
+    interface: str
+    recipient: str
+    sender: str
+    body: str
+    id: str = field(default_factory=new_id)
+    status: str = QUEUED
+    channel: str = ""  # the sink (out: "itsp") or source (in: "webhook")
+    reason: Optional[str] = None  # why it failed, or the last attempt's error
+    attempts: int = 0
+    created: float = field(default_factory=time.time)
+    updated: float = 0.0
+    next_attempt: float = 0.0
+    # The peer's id of this message (an ITSP's message id), and the key that makes a
+    # resent copy of it recognisable; None when the peer gives none.
+    provider_id: Optional[str] = None
+    dedupe_key: Optional[str] = None
+    # How many parts of it have been handed over (long inbound texts are split into
+    # several call files, handed over one at a time).
+    progress: int = 0
+
+
+class UnsafeValue(ValueError):
+    """A value that must not reach a call file, an AGI reply or a dial string."""
+
+
+# A recipient becomes `Channel: Local/<to>@<context>`, `Extension: <to>` and a
+# `setvar:` line: a number, or a SIP user made of the characters every dialplan and
+# the call-file parser take literally.  Nothing that could end a line (CR, LF), start a
+# comment (`;`, `#`), change the channel (`@`, `/`, `&`) or quote (`"`, `<`, `>`).
+_RECIPIENT = re.compile(r"\+?[A-Za-z0-9][A-Za-z0-9.*_\-+]{0,63}")
+# A sender may also be an alphanumeric sender id such as "My Bank" (GSM allows 11
+# characters with spaces): single inner spaces are allowed, nothing else more.
+_SENDER = re.compile(r"\+?[A-Za-z0-9][A-Za-z0-9.*_\-+]*(?: [A-Za-z0-9.*_\-+]+)*")
+
+
+def check_recipient(value: str) -> str:
+    """Return `value` if it is a plausible number or SIP user to deliver to, else raise."""
+    if not isinstance(value, str) or not _RECIPIENT.fullmatch(value):
+        raise UnsafeValue(f"recipient {_show(value)} is not a number or SIP user")
+    return value
+
+
+def check_sender(value: str) -> str:
+    """Return `value` if it is a plausible sender number or alphanumeric id, else raise."""
+    if not isinstance(value, str) or len(value) > 64 or not _SENDER.fullmatch(value):
+        raise UnsafeValue(f"sender {_show(value)} is not a number, SIP user or sender id")
+    return value
+
+
+def _show(value: object, limit: int = 40) -> str:
+    """A value as it may appear in a log line or an error reply: escaped and short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
