@@ -1,0 +1,31 @@
+from setuptools import find_packages, setup
+
+from websmsd import __version__
+
+setup(
+    name="websmsd",
+    version=__version__,
+    description="SMS bridge between Asterisk and ITSPs, GSM gateways and phones",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.11",
+    packages=find_packages(include=["websmsd", "websmsd.*"]) + ["twisted.plugins"],
+    package_data={
+        "websmsd": ["schema/*.sql", "web/templates/*", "web/static/*"],
+        "twisted": ["plugins/websmsd_plugin.py"],
+    },
+    install_requires=[
+        "Twisted>=22.4",
+        "treq>=22.2",
+        "pyOpenSSL",
+        "service-identity",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={
+        "console_scripts": [
+            "websms = websmsd.cli:websms_main",
+            "websmsd = websmsd.cli:websmsd_main",
+        ]
+    },
+)

@@ -1,0 +1,136 @@
+"""The command-line tools: `websms` (send one SMS through the running daemon) and
+`websmsd` (check-config, and a shortcut to run the daemon in the foreground)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from typing import List, Optional, Tuple
+
+EX_SENT, EX_FAILED, EX_QUEUED = 0, 1, 75  # 75: EX_TEMPFAIL, "accepted, will retry"
+
+
+def api_address(description: str) -> Tuple[str, int]:
+    """host, port to reach a `tcp:`/`tcp6:` listener given as an endpoint string."""
+    parts, current, escaped = [], "", False
+    for ch in description:
+        if escaped:
+            current += ch
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ":":
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    kind, args = parts[0], parts[1:]
+    if kind not in ("tcp", "tcp6"):
+        raise ValueError(f"the local API listens on {description!r}; websms needs tcp")
+    port, host = None, None
+    for arg in args:
+        if arg.startswith("port="):
+            port = int(arg[5:])
+        elif arg.startswith("interface="):
+            host = arg[10:]
+        elif port is None and arg.isdigit():
+            port = int(arg)
+    if port is None:
+        raise ValueError(f"no port in {description!r}")
+    if host in (None, "", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return host, port
+
+
+def websms_main(argv: Optional[List[str]] = None) -> int:
+    from websmsd.tap import default_config
+
+    parser = argparse.ArgumentParser(
+        prog="websms",
+        description="Send one SMS through the running websmsd. Exit status: 0 sent, "
+        "1 failed (or the daemon is unreachable), 75 queued for retry.")
+    parser.add_argument("to")
+    parser.add_argument("sender", metavar="from")
+    parser.add_argument("body")
+    parser.add_argument("index", nargs="?", default="", help="[websms] interface (WEBSMS_INDEX)")
+    parser.add_argument("--config", default=None, help="websms.conf (to find the daemon)")
+    parser.add_argument("--api", default=None, help="http://host:port of the local API")
+    parser.add_argument("--wait", type=float, default=None,
+                        help="seconds to wait for the first attempt")
+    args = parser.parse_args(argv)
+
+    url = args.api
+    if url is None:
+        from websmsd.config import ConfigError, load
+
+        try:
+            settings = load(args.config or default_config())
+            host, port = api_address(settings.daemon.status_listen[0])
+        except (ConfigError, OSError, ValueError, IndexError) as e:
+            print(f"websms: cannot find the daemon's local API: {e}", file=sys.stderr)
+            return EX_FAILED
+        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    payload = {"to": args.to, "from": args.sender, "body": args.body, "index": args.index}
+    if args.wait is not None:
+        payload["wait"] = args.wait
+    request = urllib.request.Request(
+        url.rstrip("/") + "/api/send", data=json.dumps(payload).encode("utf-8"),
+        headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=150) as response:
+            answer = json.load(response)
+    except urllib.error.HTTPError as e:
+        try:
+            reason = json.load(e).get("error")
+        except ValueError:
+            reason = e.reason
+        print(f"websms: the daemon refused: {reason}", file=sys.stderr)
+        return EX_FAILED
+    except (OSError, ValueError) as e:
+        print(f"websms: the daemon at {url} is unreachable: {e}", file=sys.stderr)
+        return EX_FAILED
+    status = answer.get("status")
+    line = f"{status} {answer.get('id') or '-'}"
+    if answer.get("reason"):
+        line += f" ({answer['reason']})"
+    print(line)
+    return {"SENT": EX_SENT, "QUEUED": EX_QUEUED}.get(status, EX_FAILED)
+
+
+def websmsd_main(argv: Optional[List[str]] = None) -> int:
+    from websmsd.tap import default_config
+
+    parser = argparse.ArgumentParser(prog="websmsd")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check-config", help="read websms.conf, print what it means")
+    check.add_argument("file", nargs="?", default=None)
+    run = sub.add_parser("run", help="run the daemon in the foreground (twistd -n websmsd)")
+    run.add_argument("--config", default=None)
+    args = parser.parse_args(argv)
+
+    if args.command == "check-config":
+        from websmsd.config import ConfigError, load, report
+
+        path = args.file or default_config()
+        try:
+            settings = load(path)
+        except (ConfigError, OSError) as e:
+            print(f"websmsd: {e}", file=sys.stderr)
+            return 2
+        print(report(settings))
+        return 0
+    twistd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+              "--nodaemon", "--pidfile=", "websmsd", "--config", args.config or default_config()]
+    os.execv(sys.executable, twistd)
+    return 1  # not reached
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(websms_main())

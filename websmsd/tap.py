@@ -1,0 +1,52 @@
+"""`twistd websmsd`: command-line options and makeService."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from twisted.python import usage
+
+DEFAULT_CONFIGS = ("/etc/websmsd/websms.conf", "/etc/asterisk/websms.conf")
+
+
+def default_config() -> str:
+    """The first of the usual places that exists (the PHP read /etc/asterisk)."""
+    for path in DEFAULT_CONFIGS:
+        if os.path.exists(path):
+            return path
+    return DEFAULT_CONFIGS[0]
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE]"
+    longdesc = ("websmsd carries SMS between Asterisk and ITSPs: webhooks become call "
+                "files, FastAGI requests become HTTP requests.")
+    optParameters = [
+        ["config", "c", None,
+         "websms.conf to read (default: /etc/websmsd/websms.conf, else "
+         "/etc/asterisk/websms.conf)"],
+    ]
+
+    def postOptions(self) -> None:
+        if self["config"] is None:
+            self["config"] = default_config()
+
+
+def makeService(options: Options):
+    from websmsd.config import ConfigError, load
+    from websmsd.service import make_service
+
+    try:
+        settings = load(options["config"])
+    except (ConfigError, OSError) as e:
+        # twistd prints a traceback for anything else; a config error deserves one line.
+        sys.stderr.write(f"websmsd: {e}\n")
+        raise SystemExit(2)
+    from twisted.logger import Logger
+
+    log = Logger(namespace="websmsd")
+    log.info("websmsd reading {path}", path=settings.path)
+    for warning in settings.warnings:
+        log.warn("{path}: {warning}", path=settings.path, warning=warning)
+    return make_service(settings)
