@@ -889,6 +889,9 @@ _DAEMON_KEYS = _keys(
     _Key("max_attempts", _positive_integer, (), _NO_INDEX),
     _Key("max_age", _duration, (), _NO_INDEX),
     _Key("spool_poll", _duration, (), _NO_INDEX),
+    _Key("status_user", _optional_text, (), _NO_INDEX),
+    _Key("status_password", _optional_text, (), _NO_INDEX),
+    _Key("status_token", _optional_text, (), _NO_INDEX),
 )
 
 # Keys of the older documentation that never did anything: read, ignored, mentioned.

@@ -258,6 +258,12 @@ class DaemonSettings:
     max_attempts: int = 10  # then the message fails for good
     max_age: float = 2 * 86400.0  # or once it is this old (seconds)
     spool_poll: float = 0.5  # seconds between checks that Asterisk took a call file part
+    # The status page and local API answer loopback clients freely; any other client
+    # must give HTTP Basic credentials (status_user + status_password) or the token
+    # (Authorization: Bearer <status_token>).  Without either, only loopback is served.
+    status_user: Optional[str] = None
+    status_password: Optional[str] = None
+    status_token: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from websmsd.message import CANCELLED, FAILED, QUEUED, Message
+from websmsd.message import CANCELLED, DELIVERED, FAILED, QUEUED, SENDING, SENT, Message
 
 log = Logger()
 
@@ -41,6 +41,9 @@ _UPDATABLE = frozenset(
     {"status", "reason", "attempts", "next_attempt", "provider_id", "progress", "body"}
 )
 _MAX_BATCH = 1000
+# How far along a message is, for delivery reports that arrive late or twice: a report
+# moves a message forward only.
+_REPORT_RANK = {QUEUED: 0, SENDING: 1, SENT: 2, DELIVERED: 3, FAILED: 3}
 
 
 def _row_to_message(row: Sequence[Any]) -> Message:
@@ -325,6 +328,46 @@ class Store:
             return n
 
         return self._submit(update)
+
+    def report(self, provider_id: str, status: str, detail: Optional[str] = None,
+               direction: str = "out") -> defer.Deferred:
+        """A delivery report from a provider about the message it knows as `provider_id`.
+
+        Fires with the id of our message, or None when no message has that provider id.
+        Reports arrive out of order and repeated: a message that is already delivered or
+        failed keeps that status (the report is still kept).
+        """
+        now = time.time()
+
+        def report(db: sqlite3.Connection) -> Optional[str]:
+            row = db.execute(
+                "SELECT id, status FROM messages WHERE provider_id = ? AND direction = ?"
+                " ORDER BY created DESC LIMIT 1", (provider_id, direction),
+            ).fetchone()
+            if row is None:
+                return None
+            message_id, current = row
+            db.execute(
+                "INSERT INTO reports (message_id, at, status, detail) VALUES (?, ?, ?, ?)",
+                (message_id, now, status, detail),
+            )
+            if _REPORT_RANK.get(status, -1) > _REPORT_RANK.get(current, -1):
+                db.execute(
+                    "UPDATE messages SET status = ?, reason = ?, updated = ? WHERE id = ?",
+                    (status, detail if status == FAILED else None, now, message_id),
+                )
+            return message_id
+
+        return self._submit(report)
+
+    def reports(self, message_id: str) -> defer.Deferred:
+        def reports(db: sqlite3.Connection) -> List[tuple]:
+            return db.execute(
+                "SELECT at, status, detail FROM reports WHERE message_id = ? ORDER BY at",
+                (message_id,),
+            ).fetchall()
+
+        return self._submit(reports)
 
     def requeue(self, message_id: str) -> defer.Deferred:
         """Send a failed or cancelled message again (resend button, API)."""
