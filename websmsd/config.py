@@ -442,9 +442,93 @@ def _auth_method(text: str, note: Note) -> str:
     if text == "":
         note('empty (an unquoted none reads as ""): read as none, no authentication')
         return "none"
-    if text not in ("none", "plain", "basic", "zadarma"):
-        raise ValueError(f"{text!r} is not one of none, plain, basic, zadarma (lower case)")
+    if text not in AUTH_METHODS:
+        raise ValueError(f"{text!r} is not one of {', '.join(AUTH_METHODS)} (lower case)")
     return text
+
+
+AUTH_METHODS = ("none", "plain", "basic", "zadarma", "bearer", "header", "query")
+SIG_METHODS = ("twilio", "telnyx", "plivo", "vonage", "zadarma")
+DLR_STATUSES = ("sent", "delivered", "failed")
+
+
+def _choice(*choices: str, upper: bool = False) -> Reader:
+    def read(text: str, note: Note) -> str:
+        value = text.upper() if upper else text.lower()
+        if value not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return value
+
+    return read
+
+
+def _optional_choice(*choices: str) -> Reader:
+    read_choice = _choice(*choices)
+
+    def read(text: str, note: Note) -> Optional[str]:
+        return read_choice(text, note) if text else None
+
+    return read
+
+
+def _header_name(text: str, note: Note) -> Optional[str]:
+    if not text:
+        return None
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", text):
+        raise ValueError(f"{text!r} is not an HTTP header name")
+    return text
+
+
+def _country(text: str, note: Note) -> Optional[str]:
+    if not text:
+        return None
+    if not re.fullmatch(r"[A-Za-z]{2}", text):
+        raise ValueError(f"{text!r} is not a two-letter ISO 3166 country code (e.g. US, SE)")
+    return text.upper()
+
+
+def _path(text: str, note: Note) -> Optional[str]:
+    """A key or a dotted path into JSON (`data.payload.to.0.phone_number`, `*` wildcards)."""
+    if not text:
+        return None
+    _single_line(text)
+    if any(part == "" for part in text.split(".")) and text != ".":
+        raise ValueError(f"{text!r} has an empty part between dots")
+    return text
+
+
+def _filter(text: str, note: Note) -> Optional[str]:
+    """`path=value` (the value at path equals value) or `path` (present and not empty)."""
+    if not text:
+        return None
+    _path(text.partition("=")[0], note)
+    return text
+
+
+def _fields_list(text: str, note: Note) -> Tuple[str, ...]:
+    fields = tuple(f.strip() for f in text.split(",") if f.strip())
+    for field in fields:
+        if field not in ("to", "from", "body"):
+            raise ValueError(f"{field!r} is not one of to, from, body")
+    return fields
+
+
+def _dlr_map(text: str, note: Note) -> Optional[str]:
+    if not text:
+        return None
+    for entry in text.split(","):
+        word, separator, ours = entry.partition("=")
+        if not separator or not word.strip() or ours.strip() not in DLR_STATUSES:
+            raise ValueError(f"{entry!r} is not provider_word=sent|delivered|failed")
+    return text
+
+
+def _public_url(text: str, note: Note) -> Optional[str]:
+    if not text:
+        return None
+    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", text):
+        raise ValueError(f"{text!r} is not an http(s) URL without query")
+    return text.rstrip("/")
 
 
 def _numform(text: str, note: Note) -> Optional[str]:
@@ -837,6 +921,12 @@ _OUTBOUND_KEYS = _keys(
     _Key("val_static", _val_static),
     _Key("val_unicode", _val_unicode),
     _Key("tls_ca", _optional_text),
+    _Key("encoding", _choice("form", "json")),
+    _Key("method", _choice("POST", "PUT", "GET", upper=True)),
+    _Key("auth_header", _header_name),
+    _Key("auth_scheme", _optional_text),
+    _Key("resp_id", _path),
+    _Key("num_country", _country),
 )
 
 _PROXY_NOT_INDEXABLE = (
@@ -852,6 +942,21 @@ _INBOUND_KEYS = _keys(
     _Key("resp_ack", _any_text, ("report_success",)),
     _Key("remt_addr", _allow_networks, ("permit_addr", "remote_addr")),
     _Key("url_path", _allow_paths, ("request_uri",)),
+    _Key("val_to", _optional_text),
+    _Key("val_urldecode", _fields_list),
+    _Key("key_media", _path),
+    _Key("num_country", _country),
+    _Key("msg_filter", _filter),
+    _Key("dlr_filter", _filter),
+    _Key("dlr_id", _path),
+    _Key("dlr_status", _path),
+    _Key("dlr_reason", _path),
+    _Key("dlr_map", _dlr_map),
+    _Key("resp_type", _text),
+    _Key("sig_method", _optional_choice(*SIG_METHODS)),
+    _Key("sig_secret", _optional_text),
+    _Key("sig_url", _public_url),
+    _Key("sig_tolerance", _duration),
     _Key("prox_addr", _proxy_networks, ("proxy_addr",), _PROXY_NOT_INDEXABLE, reads_booleans=True),
     _Key("prox_header", _proxy_header, ("proxy_header",), _PROXY_NOT_INDEXABLE, reads_booleans=True),
 )
@@ -1057,6 +1162,9 @@ _CREDENTIALS = {
     "plain": ("auth_user", "auth_secret", "key_user", "key_secret"),
     "basic": ("auth_user", "auth_secret"),
     "zadarma": ("auth_user", "auth_secret"),
+    "bearer": ("auth_secret",),
+    "header": ("auth_secret",),
+    "query": ("key_secret", "auth_secret"),
 }
 
 

@@ -63,6 +63,17 @@ class OutboundInterface:
     # New in websmsd: a CA bundle (PEM) to verify this ITSP's certificate with, for a
     # provider or test server with a private CA.  Certificates are always verified.
     tls_ca: Optional[str] = None
+    # -- today's ITSPs (JSON APIs, tokens, ids) ----------------------------------------
+    encoding: str = "form"  # "form" (byte-compatible with the PHP) or "json"
+    method: str = "POST"  # POST, PUT, or GET (fields in the query string)
+    # auth_method bearer: `Authorization: Bearer <auth_secret>`; header: `<auth_header>:
+    # [<auth_scheme> ]<auth_secret>`; query: key_secret=<auth_secret> (and
+    # key_user=<auth_user>) in the URL's query string.
+    auth_header: Optional[str] = None
+    auth_scheme: Optional[str] = None
+    resp_id: Optional[str] = None  # path of the provider's message id in the JSON answer
+    num_country: Optional[str] = None  # ISO 3166 country: normalise numbers to E.164
+    preset: Optional[str] = None  # the preset the defaults came from, for check-config
 
     @property
     def url(self) -> str:
@@ -83,6 +94,26 @@ class InboundInterface:
     # New in websmsd: the request key holding the provider's message id; retries of a
     # webhook carrying the same id are acknowledged again but stored once.
     key_id: Optional[str] = None
+    # -- today's ITSPs -----------------------------------------------------------------
+    val_to: Optional[str] = None  # a fixed recipient, for payloads that lack it
+    val_urldecode: Tuple[str, ...] = ()  # of "to", "from", "body": URL-decode these
+    key_media: Optional[str] = None  # key or path (with * wildcards) of media URLs
+    num_country: Optional[str] = None  # ISO 3166 country: normalise numbers to E.164
+    # What a request is: a message when msg_filter matches (path=value, or path present),
+    # a delivery report when dlr_filter matches; anything else is acknowledged and ignored.
+    msg_filter: Optional[str] = None
+    dlr_filter: Optional[str] = None
+    dlr_id: Optional[str] = None  # path of the provider's message id in a report
+    dlr_status: Optional[str] = None  # path of the provider's status word
+    dlr_reason: Optional[str] = None  # path of the provider's error text
+    dlr_map: Optional[str] = None  # "provider_word=sent|delivered|failed,..." overrides
+    resp_type: str = "text/html; charset=UTF-8"  # Content-Type of resp_ack
+    # Signed webhooks: twilio, telnyx, plivo, vonage, zadarma.
+    sig_method: Optional[str] = None
+    sig_secret: Optional[str] = None  # auth token, signing secret, or public key
+    sig_url: Optional[str] = None  # the public base URL the provider signs (behind a proxy)
+    sig_tolerance: float = 300.0  # seconds a signed timestamp may be off
+    preset: Optional[str] = None
     # The allow-lists as they apply to this interface (None: not set).
     remt_addr: Optional[Tuple[Network, ...]] = None
     url_path: Optional[Tuple[str, ...]] = None
