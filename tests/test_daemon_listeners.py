@@ -1,0 +1,93 @@
+"""Black-box: TLS and IPv6 webhook listeners, WEBSMSD_PORT, check-config."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from blackbox import ROOT, Daemon, curl, free_port, status_and_body, wait_port
+
+
+def make_cert(directory):
+    key, cert = directory / "key.pem", directory / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True)
+    return key, cert
+
+
+def test_tls_webhook_with_tls_key_and_cert(tmp_path, make_daemon):
+    key, cert = make_cert(tmp_path)
+    port = free_port()
+    d = make_daemon(start=False, daemon=f"tls_key = {key}\ntls_cert = {cert}\n")
+    # A second webhook listener, TLS on its own port, beside the plain one.
+    d.config.write_text(d.config.read_text().replace(
+        'webhook_listen = "tcp:', f'webhook_listen [tls] = "ssl:{port}:interface=127.0.0.1"\n'
+                                  'webhook_listen [plain] = "tcp:'))
+    d.start()
+    wait_port(port)
+    url = f"https://127.0.0.1:{port}/"
+    code, _ = status_and_body(curl("--cacert", str(cert), "-d", "To=%2B1&From=%2B2&Body=tls", url))
+    assert code == 200
+    [f] = d.wait_callfiles(1)
+    assert b"MESSAGE(body)=tls\n" in f.read_bytes()
+    # Plain HTTP to the TLS port is not served as a webhook.
+    r = curl("-d", "To=%2B1&From=%2B2&Body=plain", f"http://127.0.0.1:{port}/")
+    assert status_and_body(r)[0] != 200
+    assert len(d.callfiles()) == 1
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 on this machine")
+def test_ipv6_listener_and_remt_addr(make_daemon):
+    port = free_port()
+    d = make_daemon(start=False, websmsd="remt_addr = ::1/128")
+    d.config.write_text(d.config.read_text().replace(
+        f'webhook_listen = "tcp:{d.webhook_port}:interface=127.0.0.1"',
+        f'webhook_listen [v6] = "tcp6:{port}:interface=\\:\\:1"\n'
+        f'webhook_listen [v4] = "tcp:{d.webhook_port}:interface=127.0.0.1"'))
+    d.start()
+    code, _ = status_and_body(curl("-g", "-d", "To=%2B1&From=%2B2&Body=v6", f"http://[::1]:{port}/"))
+    assert code == 200
+    code, body = status_and_body(curl("-d", "To=%2B1&From=%2B2&Body=v4", d.webhook_url + "/"))
+    assert code == 403 and "127.0.0.1" in body
+    [f] = d.wait_callfiles(1)
+    assert b"MESSAGE(body)=v6\n" in f.read_bytes()
+
+
+def test_websmsd_port_keeps_its_php_meaning(tmp_path):
+    port = free_port()
+    d = Daemon(tmp_path, env={"WEBSMSD_PORT": str(port)})
+    d.config.write_text("\n".join(
+        line for line in d.config.read_text().splitlines() if not line.startswith("webhook_listen")))
+    try:
+        d.start(wait=False)
+        wait_port(port, proc=d.proc)
+        code, _ = status_and_body(curl("-d", "To=%2B1&From=%2B2&Body=port", f"http://127.0.0.1:{port}/"))
+        assert code == 200
+        d.wait_callfiles(1)
+    finally:
+        d.stop()
+
+
+def test_check_config_prints_effective_settings_with_secrets_masked(tmp_path):
+    conf = tmp_path / "websms.conf"
+    conf.write_text(
+        "[websms]\nurl_host [api-1] = https://api.example.com\nauth_user = AC123\n"
+        "auth_secret = s3cr3t-token\nurl_path = /sms\n"
+        "[websmsd]\nremt_addr [api-1] = 185.45.152.42\n[astqueue]\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-c", "import sys; from websmsd.cli import websmsd_main; sys.exit(websmsd_main())"]
+    r = subprocess.run(cmd + ["check-config", str(conf)], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "[websms] interface 'api-1'" in r.stdout
+    assert "url_host = https://api.example.com" in r.stdout
+    assert "auth_secret = ****" in r.stdout and "s3cr3t" not in r.stdout
+    assert "185.45.152.42" in r.stdout
+    conf.write_text("[websmsd]\nremt_addr = 10.0.0.0/33\n")
+    r = subprocess.run(cmd + ["check-config", str(conf)], capture_output=True, text=True, env=env)
+    assert r.returncode == 2
+    assert f"{conf}:2: remt_addr:" in r.stderr
