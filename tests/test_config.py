@@ -1040,8 +1040,7 @@ def test_astqueue_keys_cannot_be_indexed(key):
         ("waittime", '""', ["whole number"]),
         ("priority", "0", ["start at 1"]),
         ("priority", '"a label"', ["priority label"]),
-        ("outgoingdir", "spool/outgoing", ["absolute path"]),
-        ("stagingdir", '""', ["absolute path"]),
+        ("stagingdir", '""', ["must not be empty"]),
         ("filemode", "0648", ["octal"]),
         ("filemode", "rw-r-----", ["octal"]),
         ("fileowner", '"asterisk:asterisk:x"', ["user:group"]),
@@ -1349,3 +1348,14 @@ def test_report_of_a_single_interface_file():
 def test_config_imports_nothing_from_twisted():
     code = "import sys, websmsd.config; sys.exit(any(m.split('.')[0] == 'twisted' for m in sys.modules))"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path):
+    conf = tmp_path / "etc" / "websms.conf"
+    conf.parent.mkdir()
+    conf.write_text("[astqueue]\noutgoingdir = var/out\nstagingdir = /abs/staging\n"
+                    "[daemon]\nstore = ../db.sqlite3\n")
+    settings = load(conf, environ={})
+    assert settings.astqueue.outgoingdir == str(tmp_path / "etc" / "var" / "out")
+    assert settings.astqueue.stagingdir == "/abs/staging"
+    assert settings.daemon.store == str(tmp_path / "db.sqlite3")

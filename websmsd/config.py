@@ -711,8 +711,9 @@ def _priority(text: str, note: Note) -> str:
 
 
 def _directory(text: str, note: Note) -> str:
-    if not text.startswith("/"):
-        raise ValueError(f"{text!r} is not an absolute path")
+    # A relative path is relative to the directory of websms.conf (see _relative_to).
+    if not text:
+        raise ValueError("must not be empty")
     return _single_line(text)
 
 
@@ -1417,10 +1418,31 @@ def loads(
     inbound = _inbound(sections.get("websmsd"), context)
     astqueue = _astqueue(sections.get("astqueue"), context)
     daemon = _daemon(sections.get("daemon"), environ, context)
+    if not path.startswith("<"):
+        base = os.path.dirname(os.path.abspath(path))
+        outbound, astqueue, daemon = _relative_to(base, outbound, astqueue, daemon)
     return Settings(
         path=path, outbound=outbound, inbound=inbound, astqueue=astqueue, daemon=daemon,
         warnings=tuple(context.warnings),
     )
+
+
+def _relative_to(base: str, outbound: OutboundSettings, astqueue: AstQueueSettings,
+                 daemon: DaemonSettings) -> Tuple[OutboundSettings, AstQueueSettings, DaemonSettings]:
+    """Make relative file names relative to the directory of websms.conf, not to
+    wherever the daemon was started from."""
+
+    def absolute(value: Optional[str]) -> Optional[str]:
+        return value if not value or os.path.isabs(value) else os.path.normpath(os.path.join(base, value))
+
+    outbound = OutboundSettings(tuple(
+        dataclasses.replace(i, tls_ca=absolute(i.tls_ca)) for i in outbound.interfaces))
+    astqueue = dataclasses.replace(
+        astqueue, outgoingdir=absolute(astqueue.outgoingdir), stagingdir=absolute(astqueue.stagingdir))
+    daemon = dataclasses.replace(
+        daemon, store=absolute(daemon.store), tls_key=absolute(daemon.tls_key),
+        tls_cert=absolute(daemon.tls_cert))
+    return outbound, astqueue, daemon
 
 
 def load(path: "str | os.PathLike[str]", environ: Optional[Mapping[str, str]] = None) -> Settings:
