@@ -651,7 +651,7 @@ def test_stage_then_publish(tmp_path):
     assert not spool.is_staged(names[0]) and not spool.is_pending(names[0])
 
 
-def test_stage_creates_missing_dirs_one_level_only(tmp_path):
+def test_stage_creates_missing_dirs_with_their_parents(tmp_path):
     spool = make_spool(tmp_path)
     spool.stage([("a.call", b"x\n")])
     assert (tmp_path / "staging" / "a.call").read_bytes() == b"x\n"
@@ -659,10 +659,16 @@ def test_stage_creates_missing_dirs_one_level_only(tmp_path):
     deep = CallFileSpool(
         AstQueueSettings(stagingdir=str(tmp_path / "no" / "such"), outgoingdir=str(tmp_path / "o"))
     )
-    with pytest.raises(FileNotFoundError, match="no/such"):
-        deep.stage([("a.call", b"x\n")])
-    problems = deep.check()
-    assert len(problems) == 1 and "no/such" in problems[0] and "cannot be created" in problems[0]
+    deep.stage([("a.call", b"x\n")])
+    assert (tmp_path / "no" / "such" / "a.call").exists()
+    (tmp_path / "file").write_text("")
+    blocked = CallFileSpool(
+        AstQueueSettings(stagingdir=str(tmp_path / "file" / "such"), outgoingdir=str(tmp_path / "o"))
+    )
+    with pytest.raises(OSError, match="file/such"):
+        blocked.stage([("a.call", b"x\n")])
+    problems = blocked.check()
+    assert len(problems) == 1 and "file/such" in problems[0]
 
 
 def test_restage_overwrites_and_publish_replaces(tmp_path):

@@ -540,7 +540,8 @@ class CallFileSpool:
         return None
 
     def ensure_dirs(self) -> None:
-        """Create stagingdir and outgoingdir if missing (one level, like the PHP)."""
+        """Create stagingdir and outgoingdir if missing (with their parents: the PHP made
+        one level, which left a fresh install without a spool until Asterisk ran)."""
         for path in (self.stagingdir, self.outgoingdir):
             self._ensure_dir(path)
 
@@ -548,6 +549,9 @@ class CallFileSpool:
         if os.path.isdir(path):
             return
         try:
+            parent = os.path.dirname(path)
+            if parent and not os.path.isdir(parent):
+                os.makedirs(parent, exist_ok=True)
             os.mkdir(path)
         except FileExistsError:
             if os.path.isdir(path):
