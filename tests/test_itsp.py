@@ -241,7 +241,7 @@ def test_header_auth_incomplete(method, settings):
     assert len(req.warnings) == 1 and method in req.warnings[0]
 
 
-@pytest.mark.parametrize("method", ["", "Basic", "bearer", "NONE"])
+@pytest.mark.parametrize("method", ["", "Basic", "Bearer", "oauth", "NONE"])
 def test_unknown_auth_method_sends_without_auth(method):
     req = build_request(iface(auth_method=method, auth_user="u", auth_secret="s"), "1", "2", "x")
     assert req.header("Authorization") is None
@@ -516,6 +516,220 @@ def test_reason_is_one_short_escaped_line_without_secrets():
     basic = base64.b64encode(b"me:p@ss word").decode()
     out = check_response(i, 401, f"bad {basic}".encode())
     assert basic not in out.reason
+
+
+# ---------------------------------------------------------------------------------------
+# Today's ITSPs: JSON bodies, methods, token auth, num_country, resp_id
+# (provider by provider, from websms.conf text: tests/test_outbound_shapes.py)
+# ---------------------------------------------------------------------------------------
+
+
+def jiface(**kw):
+    kw.setdefault("auth_method", "none")
+    kw.setdefault("encoding", "json")
+    return iface(**kw)
+
+
+def test_json_body_keys_in_order_utf8_unescaped():
+    req = build_request(jiface(val_static="z=1,a=2"), "+461", "+462", "Hej då 😀 \"\n")
+    assert req.body == '{"To":"+461","From":"+462","Body":"Hej då 😀 \\"\\n","z":"1","a":"2"}'.encode()
+    assert req.header("Content-Type") == b"application/json"
+    assert req.fields == (("To", "+461"), ("From", "+462"), ("Body", "Hej då 😀 \"\n"), ("z", "1"), ("a", "2"))
+    json.loads(req.body.decode("utf-8"))
+
+
+def test_json_paths_lists_and_raw_values():
+    i = jiface(key_to="sms.to[]", key_from="sms.from", key_body="sms.parts.0.text",
+               val_static="sms.to[]=+463,sms.flash:=true,sms.ttl:=60,meta:={\"a\": [1]},sms.parts.1.text=tail,n:=null")
+    assert json.loads(build_request(i, "+461", "+462", "x").body) == {
+        # val_static with key_to's very key replaces the value (one key, one field, as in PHP)
+        "sms": {"to": ["+463"], "from": "+462", "parts": [{"text": "x"}, {"text": "tail"}],
+                "flash": True, "ttl": 60},
+        "meta": {"a": [1]}, "n": None,
+    }
+
+
+def test_json_static_overrides_in_place_and_plain_auth_is_members():
+    i = jiface(auth_method="plain", key_user="auth.user", key_secret="auth.key", auth_user="me",
+               auth_secret="s3", val_static="To=fixed")
+    assert build_request(i, "1", "2", "x").body == (
+        b'{"To":"fixed","From":"2","Body":"x","auth":{"user":"me","key":"s3"}}'
+    )
+
+
+@pytest.mark.parametrize("static, words", [
+    ("To.x=1", "already holds a value"),
+    ("list.0=a,list.x=b", "already an array"),
+    ("obj.x=a,obj.0=b", "already an object"),
+    ("obj.x=a,obj[]=b", "already an object"),
+    ("list.1=a", "skips position 0"),
+    ("a..b=1", "empty part"),
+    ("v:=tru", "val_static v:= is not a JSON value"),
+    ("v:=NaN", "val_static v:= is not a JSON value"),
+])
+def test_json_conflicts_are_request_errors(static, words):
+    with pytest.raises(RequestError, match=words.replace("[", "\\[")):
+        build_request(jiface(val_static=static), "1", "2", "x")
+
+
+def test_json_conflict_is_an_outcome_not_a_crash():
+    client = ITSPClient(task.Clock(), treq_client=FailingTreq(AssertionError("no request expected")))
+    out = run(client.send(jiface(url_host="http://itsp.test", val_static="To.x=1"), "1", "2", "x"))
+    assert (out.ok, out.permanent) == (False, False) and out.reason.startswith("cannot send: key path")
+
+
+def test_form_keeps_json_syntax_literal_as_php_did():
+    req = build_request(iface(auth_method="none", key_to="to[]", val_static="flash:=false,a.b=1"), "1", "2", "x")
+    assert req.body == b"Body=x&From=2&a.b=1&flash%3A=false&to%5B%5D=1"
+
+
+def test_json_body_with_undecodable_bytes_is_still_utf8():
+    body = b"caf\xe9 ok".decode("utf-8", "surrogateescape")
+    req = build_request(jiface(), "1", "2", body)
+    assert json.loads(req.body.decode("utf-8"))["Body"] == "caf\ufffd ok"
+    # the form body keeps the raw byte, as the PHP did
+    assert build_request(iface(auth_method="none"), "1", "2", body).body.startswith(b"Body=caf%E9+ok")
+
+
+def test_val_unicode_and_numform_apply_to_json_too():
+    i = jiface(val_unicode="coding=8", val_numform="no+")
+    assert build_request(i, "+461", "00462", "😀").body == '{"To":"461","From":"462","Body":"😀","coding":"8"}'.encode()
+
+
+@pytest.mark.parametrize("method", ["GET", "get"])
+def test_get_sends_the_form_fields_as_query(method):
+    i = iface(auth_method="basic", auth_user="u", auth_secret="p", url_path="/send?route=1#frag",
+              method=method, val_static="flag=")
+    req = build_request(i, "+461", "+462", "a b&c")
+    assert req.method == "GET"
+    assert req.url == "https://api.example.com/send?route=1&Body=a+b%26c&From=%2B462&To=%2B461&flag=#frag"
+    assert req.body == b"" and req.header("Content-Type") is None
+    assert req.header("Authorization") == b"Basic dTpw"
+
+
+def test_get_with_json_encoding_warns_and_uses_the_query():
+    req = build_request(jiface(method="GET", val_static="n:=1"), "1", "2", "x")
+    assert req.url == "https://api.example.com/v1/sms/send/?Body=x&From=2&To=1&n%3A=1"
+    assert len(req.warnings) == 1 and "GET" in req.warnings[0]
+
+
+def test_put_is_like_post():
+    req = build_request(jiface(method="PUT"), "1", "2", "x")
+    assert (req.method, req.body) == ("PUT", b'{"To":"1","From":"2","Body":"x"}')
+
+
+def test_unknown_method_or_encoding_is_refused():
+    with pytest.raises(RequestError):
+        build_request(iface(method="DELETE"), "1", "2", "x")
+    with pytest.raises(RequestError):
+        build_request(iface(encoding="xml"), "1", "2", "x")
+
+
+def test_bearer_and_header_auth():
+    req = build_request(iface(auth_method="bearer", auth_secret="tök3n"), "1", "2", "x")
+    assert req.header("Authorization") == "Bearer tök3n".encode()
+    req = build_request(iface(auth_method="header", auth_scheme="AccessKey", auth_secret="k"), "1", "2", "x")
+    assert req.header("Authorization") == b"AccessKey k"
+    req = build_request(iface(auth_method="header", auth_header="X-Auth-Token", auth_secret="k"), "1", "2", "x")
+    assert req.header("X-Auth-Token") == b"k" and req.header("Authorization") is None
+    assert [k for k, _ in req.headers] == [b"Accept", b"Content-Type", b"X-Auth-Token", b"User-Agent"]
+
+
+@pytest.mark.parametrize("method", ["bearer", "header", "query"])
+@pytest.mark.parametrize("secret", [None, "", "0"])
+def test_token_auth_incomplete_sends_without(method, secret):
+    req = build_request(iface(auth_method=method, key_secret="key", auth_secret=secret), "1", "2", "x")
+    assert req.header("Authorization") is None and "?" not in req.url
+    assert len(req.warnings) == 1 and method in req.warnings[0]
+
+
+def test_token_auth_refuses_header_injection_without_showing_the_secret():
+    for settings in (dict(auth_method="bearer", auth_secret="a\r\nX-Evil: SECRET"),
+                     dict(auth_method="header", auth_scheme="App\n", auth_secret="SECRET")):
+        with pytest.raises(RequestError) as e:
+            build_request(iface(**settings), "1", "2", "x")
+        assert "SECRET" not in str(e.value)
+    with pytest.raises(RequestError, match="not an HTTP header name"):
+        build_request(iface(auth_method="header", auth_header="Bad Header", auth_secret="s"), "1", "2", "x")
+
+
+def test_query_auth():
+    i = iface(auth_method="query", key_secret="api_key", auth_secret="s e/c~", url_path="/send?v=2")
+    req = build_request(i, "1", "2", "x")
+    assert req.url == "https://api.example.com/send?v=2&api_key=s+e%2Fc%7E"
+    assert req.body == b"Body=x&From=2&To=1" and req.header("Authorization") is None
+    req = build_request(replace(i, key_user="user", auth_user="me@x"), "1", "2", "x")
+    assert req.url == "https://api.example.com/send?v=2&user=me%40x&api_key=s+e%2Fc%7E"
+    assert "s+e" not in repr(req) and safe_url(req.url) == "https://api.example.com/send"
+
+
+def test_num_country_before_numform():
+    i = iface(auth_method="none", num_country="SE", val_numform="no+")
+    assert build_fields(i, "070-123 45 67", "+46 8 123 456 78", "x") == {
+        "To": "46701234567", "From": "46812345678", "Body": "x"}
+    # alphanumeric senders (any script), an empty sender and short codes are left alone
+    for sender in ("Acme", "Ångström", "Тест1", "", "72345"):
+        assert build_fields(i, "0701234567", sender, "x")["From"] == sender
+    # ...but a number is a number first: 8 digits are a whole national number in Denmark
+    dk = iface(auth_method="none", num_country="DK")
+    assert build_fields(dk, "20123456", "32123456", "x") == {"To": "+4520123456", "From": "+4532123456", "Body": "x"}
+    with pytest.raises(itsp.InvalidNumber, match="^To "):
+        build_fields(i, "12", "Acme", "x")
+    with pytest.raises(itsp.InvalidNumber, match="^From "):
+        build_fields(i, "0701234567", "+46 12", "x")
+    # without num_country nothing is checked, as in the PHP
+    assert build_fields(iface(), "12", "x y", "b")["To"] == "12"
+
+
+def test_204_is_sent_even_with_resp_check():
+    out = judge(204, b"", "status=ok")
+    assert (out.ok, out.permanent, out.status) == (True, False, 204)
+
+
+@pytest.mark.parametrize("path, body, expected", [
+    ("data.id", b'{"data":{"id":"abc"}}', "abc"),
+    ("id", b'{"id":12345678901234567890}', "12345678901234567890"),
+    ("id", b'{"id":1.50}', "1.50"),
+    ("message_uuid.0", b'{"message_uuid":["u1"]}', "u1"),
+    ("message_uuid[]", b'{"message_uuid":["u1"]}', "u1"),
+    ("a.0.b", b'{"a":{"0":{"b":"keyed"}}}', "keyed"),
+    ("a.1", b'{"a":["x"]}', None),
+    ("id", b'{"id":true}', None),
+    ("id", b'{"id":null}', None),
+    ("id", b'{"id":{"x":1}}', None),
+    ("id", b'{"id":""}', None),
+    ("id", b'{"id":"a\\nb"}', None),
+    ("id", b'{"id":"' + b"x" * 201 + b'"}', None),
+    ("id", b"not json", None),
+    ("id", b"", None),
+    (None, b'{"id":"x"}', None),
+])
+def test_response_id(path, body, expected):
+    assert itsp.response_id(path, body) == expected
+
+
+def test_provider_id_only_on_success():
+    assert judge(201, b'{"sid":"SM1"}', resp_id="sid").provider_id == "SM1"
+    assert judge(200, b'{"sid":"SM1","status":"ok"}', "status=ok", resp_id="sid").provider_id == "SM1"
+    assert judge(200, b'{"sid":"SM1","status":"no"}', "status=ok", resp_id="sid").provider_id is None
+    assert judge(400, b'{"sid":"SM1"}', resp_id="sid").provider_id is None
+    assert judge(200, b'{"sid":"SM1"}').provider_id is None
+
+
+@pytest.mark.parametrize("secret", ['to"k/en', 'tö"k'])
+@pytest.mark.parametrize("ascii_only", [True, False])
+def test_secrets_redacted_in_json_escaped_form(secret, ascii_only):
+    i = iface(auth_method="bearer", auth_secret=secret)
+    echo = json.dumps({"echo": secret}, ensure_ascii=ascii_only).encode()
+    out = check_response(i, 401, echo)
+    assert "k" not in out.reason.replace("***", "") and "***" in out.reason
+
+
+def test_client_network_error_text_is_redacted():
+    client = ITSPClient(task.Clock(), treq_client=FailingTreq(ValueError("bad url ?api_key=QS3CRET")))
+    i = iface(url_host="http://itsp.test", auth_method="query", key_secret="api_key", auth_secret="QS3CRET")
+    out = run(client.send(i, "1", "2", "x"))
+    assert (out.ok, out.permanent) == (False, False) and "QS3CRET" not in out.reason
 
 
 # ---------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ function calls:
 
 1. Pure functions (this half of the module imports nothing from Twisted or treq):
    `http_build_query` and `php_ksort` (PHP's, exactly), `build_request` (the fields,
-   the val_* rules, the four auth methods, the form body) and `check_response` (status
-   classes and resp_check).
+   the val_* rules, num_country, the auth methods, the form or JSON body or the GET
+   query) and `check_response` (status classes, resp_check and resp_id).
 2. `ITSPClient`: sends an `OutboundRequest` with treq over a persistent connection pool,
    verifies TLS certificates, enforces a timeout and turns every result, network errors
    included, into an `Outcome`.  Twisted is imported only when this class is used.
@@ -15,6 +15,12 @@ What differs from websms.php on purpose (see websms-reference.md, "Known defects
 certificates are verified, there is a timeout, a `User-Agent: websmsd/<version>` header
 is sent, success is a 2xx status plus (when set) resp_check, and a failed attempt is
 reported as transient (retry) or permanent (do not resend).
+
+What websms.php could not do, for today's JSON APIs (all off by default, so that a PHP
+websms.conf sends exactly what it sent before): `encoding = json` (key_* and val_static
+keys are paths into a JSON document), `method = GET|PUT`, `auth_method = bearer|header|
+query`, `num_country` (numbers in E.164 first) and `resp_id` (the provider's message id
+from the answer).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import hmac
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cmp_to_key
 from typing import (
     Any,
@@ -47,6 +53,7 @@ from websmsd.settings import OutboundInterface
 
 __all__ = [
     "ITSPClient",
+    "InvalidNumber",
     "Outcome",
     "OutboundRequest",
     "RequestError",
@@ -55,11 +62,14 @@ __all__ = [
     "build_request",
     "check_response",
     "encode_form",
+    "encode_json",
     "evaluate_resp_check",
     "excerpt",
     "http_build_query",
+    "json_document",
     "load_ca_bundle",
     "php_ksort",
+    "response_id",
     "safe_url",
     "zadarma_signature",
 ]
@@ -270,9 +280,13 @@ def php_ksort(data: Union[Mapping[str, Any], Pairs]) -> List[Tuple[str, Any]]:
 
 USER_AGENT = f"websmsd/{__version__}"
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
-# The PHP always POSTs.  A per-interface method (e.g. GET with the fields as the query
-# string) would be chosen here and passed to the encoder.
+# RFC 8259: JSON exchanged between systems is UTF-8 and application/json has no charset
+# parameter.
+JSON_CONTENT_TYPE = "application/json"
+# The PHP always POSTs.  PUT sends the same body; GET sends the fields, form-encoded, as
+# the query string and no body (voip.ms and other older APIs).
 DEFAULT_METHOD = "POST"
+METHODS = ("POST", "PUT", "GET")
 
 Fields = MutableMapping[str, Any]  # ordered like a PHP array: insertion order, keys unique
 Header = Tuple[bytes, bytes]
@@ -282,14 +296,21 @@ class RequestError(ValueError):
     """The configuration cannot produce a request that is safe to send."""
 
 
+class InvalidNumber(RequestError):
+    """num_country is set and To or From cannot be a phone number: sending this message
+    again would fail again, so the attempt fails for good (no request is sent)."""
+
+
 @dataclass(frozen=True)
 class OutboundRequest:
     """One HTTP request for an ITSP, ready to be put on the wire.
 
     `headers` are the ones websmsd sets (Host, Content-Length and the like are the HTTP
-    client's); `fields` are the form fields in body order, `warnings` what the PHP would
-    have logged as warnings (incomplete or unknown auth settings).  The repr shows no
-    header value, field or body: they hold credentials and the text of the message.
+    client's); `url` is the full URL, query string (GET fields, query auth) included;
+    `fields` are the fields in body order (for JSON: the key paths in document order),
+    `warnings` what the PHP would have logged as warnings (incomplete or unknown auth
+    settings).  The repr shows no header value, query, field or body: they hold
+    credentials and the text of the message.
     """
 
     method: str
@@ -369,38 +390,207 @@ def _apply_numform(iface: OutboundInterface, fields: Fields) -> None:
             fields[key] = _strip_international(fields[key])
 
 
-def _apply_static(iface: OutboundInterface, fields: Fields) -> None:
+def _json_body(iface: OutboundInterface) -> bool:
+    """Whether the fields go out as a JSON document (GET sends them in the query)."""
+    return iface.encoding == "json" and (iface.method or DEFAULT_METHOD).upper() != "GET"
+
+
+def _json_literal(key: str, text: str) -> Any:
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        return json.loads(text, parse_constant=constant)
+    except (ValueError, RecursionError) as e:
+        reason = getattr(e, "msg", None) or str(e)
+        raise RequestError(f"val_static {key}:= is not a JSON value ({reason})") from None
+
+
+def _apply_static(iface: OutboundInterface, fields: Fields, raw_json: bool = False) -> None:
     """val_static: `k1=v1,k2=v2` added as they are (no trimming); an entry without "="
     is ignored, `a=b=c` adds a=b (PHP's list() takes the first two parts), and a key
-    that is already there (To, From, Body...) is overwritten in place."""
+    that is already there (To, From, Body...) is overwritten in place.
+
+    For a JSON body (`raw_json`), `k:=<json>` adds the JSON value itself (a number,
+    true/false/null, an object) where `k=v` adds the string v."""
     setting = iface.val_static
     if _php_empty(setting):
         return
     for entry in setting.split(","):  # type: ignore[union-attr]
         if "=" in entry:
             key, value = entry.split("=")[:2]
-            fields[key] = value
+            if raw_json and key.endswith(":") and len(key) > 1:
+                key = key[:-1]
+                fields[key] = _json_literal(key, value)
+            else:
+                fields[key] = value
+
+
+# A letter of any script: an alphanumeric sender ("Acme", "ÅngströmAB") is a name.
+_LETTER = re.compile(r"[^\W\d_]")
+# A sender short code ("72345"); tried as a number first: 8 digits is a whole national
+# number in Denmark or Norway.
+_SHORT_CODE = re.compile(r"[0-9]{3,8}")
+
+
+def normalise_numbers(iface: OutboundInterface, to: str, sender: str) -> Tuple[str, str]:
+    """To and From in E.164 (`+46701234567`) when num_country is set, else unchanged.
+
+    Senders that are not phone numbers are left alone: an empty one (the ITSP's
+    default), one with a letter in it (an alphanumeric sender ID), and a short code
+    (3 to 8 digits that are no number of num_country).  Raises InvalidNumber, naming
+    the field and why.
+    """
+    if not iface.num_country:
+        return to, sender
+    from websmsd.numbers import NumberError, normalise
+
+    try:
+        to = normalise(to, iface.num_country)
+    except NumberError as e:
+        raise InvalidNumber(f"To {e}") from None
+    if sender.strip() and not _LETTER.search(sender):
+        try:
+            sender = normalise(sender, iface.num_country)
+        except NumberError as e:
+            if not _SHORT_CODE.fullmatch(sender):
+                raise InvalidNumber(f"From {e}") from None
+    return to, sender
 
 
 def build_fields(iface: OutboundInterface, to: str, sender: str, body: str) -> Dict[str, Any]:
     """The SMS fields of the request, before authentication, in PHP array order.
 
     `{key_to: to, key_from: sender, key_body: body}`, then val_unicode, val_numform and
-    val_static, in that order, as websms.php applies them.
+    val_static, in that order, as websms.php applies them.  With num_country, To and
+    From are first put in E.164 (InvalidNumber if they cannot be numbers), so that
+    val_numform sees "+...".  For a JSON body the keys are paths (see json_document)
+    and val_static may add JSON values (`k:=...`).
     """
+    to, sender = normalise_numbers(iface, to, sender)
     fields: Dict[str, Any] = {iface.key_to: to, iface.key_from: sender, iface.key_body: body}
     _apply_unicode(iface, fields)
     _apply_numform(iface, fields)
-    _apply_static(iface, fields)
+    _apply_static(iface, fields, raw_json=_json_body(iface))
     return fields
 
 
 def encode_form(fields: Union[Mapping[str, Any], Pairs]) -> Tuple[str, bytes]:
     """The body websms.php sent: ksort, then http_build_query.  (content type, bytes)
 
-    A JSON encoding (another content type, the same fields) would sit beside this one.
+    Keys are taken literally, as the PHP did: `to[]` is the form key "to[]".
     """
     return FORM_CONTENT_TYPE, http_build_query(php_ksort(fields)).encode("ascii")
+
+
+_APPEND = object()  # a trailing "[]": append the value to a list
+_INDEX = re.compile(r"[0-9]+")
+
+
+def _path_steps(path: str) -> List[Any]:
+    """A key path as steps: str (object member), int (array position) or _APPEND."""
+    steps: List[Any] = []
+    parts = path.split(".")
+    for number, part in enumerate(parts):
+        listed = part.endswith("[]")
+        name = part[:-2] if listed else part
+        if name == "":
+            raise RequestError(f"key path {path!r} has an empty part")
+        # The document is an object, so a first part of digits is a member name.
+        steps.append(int(name) if number and _INDEX.fullmatch(name) else name)
+        if listed:
+            steps.append(_APPEND if number == len(parts) - 1 else 0)
+    return steps
+
+
+def _place(document: Dict[str, Any], path: str, value: Any) -> None:
+    steps = _path_steps(path)
+    container: Any = document
+    where = ""
+    for number, step in enumerate(steps):
+        last = number == len(steps) - 1
+        if step is _APPEND:
+            if not isinstance(container, list):
+                raise RequestError(f"key path {path!r}: {where} is already an object")
+            container.append(value)
+            return
+        shown = where + (f"[{step}]" if isinstance(step, int) else f".{step}" if where else step)
+        if isinstance(step, int) != isinstance(container, list):
+            kind = "an array" if isinstance(container, list) else "an object"
+            raise RequestError(f"key path {path!r}: {where or 'the document'} is already {kind}")
+        if isinstance(step, int) and step > len(container):
+            raise RequestError(
+                f"key path {path!r}: {shown} skips position {len(container)} of the array"
+            )
+        present = step < len(container) if isinstance(step, int) else step in container
+        if last:
+            if present and isinstance(container[step], (dict, list)):
+                raise RequestError(f"key path {path!r}: {shown} is already filled by another key")
+            if isinstance(step, int) and not present:
+                container.append(value)
+            else:
+                container[step] = value
+            return
+        if not present:
+            following = steps[number + 1]
+            child: Any = [] if following is _APPEND or isinstance(following, int) else {}
+            if isinstance(step, int):
+                container.append(child)
+            else:
+                container[step] = child
+        elif not isinstance(container[step], (dict, list)):
+            raise RequestError(f"key path {path!r}: {shown} already holds a value")
+        container = container[step]
+        where = shown
+
+
+def _valid_text(text: str) -> str:
+    """Text that is valid UTF-8: a byte that came in undecodable (surrogateescape) is
+    U+FFFD, as JSON has no way to carry it."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _valid_json(value: Any) -> Any:
+    if isinstance(value, str):
+        return _valid_text(value)
+    if isinstance(value, dict):
+        return {_valid_text(k): _valid_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_valid_json(v) for v in value]
+    return value
+
+
+def json_document(fields: Union[Mapping[str, Any], Pairs]) -> Dict[str, Any]:
+    """The JSON object the fields make, their keys read as paths, in their order.
+
+    Dots separate object members; a part of digits (not the first) is an array
+    position (`messages.0.to`: {"messages": [{"to": ...}]}, positions filled in order);
+    a trailing "[]" makes the value a list (`to[]`: {"to": ["+1..."]}; another pair
+    with the key `to[]` appends, but in the fields of a request each key occurs once)
+    and in the middle of a path stands for position 0 (`to[].number`).
+    RequestError when two keys would need the same place to be two things.
+    """
+    document: Dict[str, Any] = {}
+    for path, value in _items(fields):
+        _place(document, str(path), _valid_json(value))
+    return document
+
+
+def encode_json(fields: Union[Mapping[str, Any], Pairs]) -> Tuple[str, bytes]:
+    """The fields as a JSON document (see json_document), UTF-8, compact, keys in the
+    order given.  (content type, bytes)"""
+    text = json.dumps(
+        json_document(fields), ensure_ascii=False, separators=(",", ":"), allow_nan=False
+    )
+    return JSON_CONTENT_TYPE, text.encode("utf-8")
 
 
 def zadarma_signature(url_path: str, query: Union[str, bytes], secret: str) -> str:
@@ -414,9 +604,10 @@ def zadarma_signature(url_path: str, query: Union[str, bytes], secret: str) -> s
 
 
 Encoder = Callable[[Mapping[str, Any]], Tuple[str, bytes]]
-# An auth method may add fields and returns the headers it needs; it gets the encoder
-# so that a signature covers exactly the bytes that are sent.
-AuthMethod = Callable[[OutboundInterface, Fields, Encoder], List[Header]]
+Query = List[Tuple[str, str]]
+# An auth method may add fields or URL query parameters and returns the headers it
+# needs; it gets the encoder so that a signature covers exactly the bytes that are sent.
+AuthMethod = Callable[[OutboundInterface, Fields, Encoder, Query], List[Header]]
 
 _INCOMPLETE = (
     "auth_method {!r} but not all needed parameters are defined; sending without authentication"
@@ -427,12 +618,13 @@ class _Incomplete(Exception):
     """The auth method's settings are incomplete (websms.php then sent without auth)."""
 
 
-def _auth_none(iface: OutboundInterface, fields: Fields, encode: Encoder) -> List[Header]:
+def _auth_none(iface: OutboundInterface, fields: Fields, encode: Encoder, query: Query) -> List[Header]:
     return []
 
 
-def _auth_plain(iface: OutboundInterface, fields: Fields, encode: Encoder) -> List[Header]:
-    """The credentials as two more form fields, key_user and key_secret."""
+def _auth_plain(iface: OutboundInterface, fields: Fields, encode: Encoder, query: Query) -> List[Header]:
+    """The credentials as two more fields, key_user and key_secret (form fields, JSON
+    members, or query parameters with GET)."""
     needed = (iface.key_user, iface.auth_user, iface.key_secret, iface.auth_secret)
     if any(_php_empty(v) for v in needed):
         raise _Incomplete()
@@ -441,75 +633,143 @@ def _auth_plain(iface: OutboundInterface, fields: Fields, encode: Encoder) -> Li
     return []
 
 
-def _auth_basic(iface: OutboundInterface, fields: Fields, encode: Encoder) -> List[Header]:
+def _auth_basic(iface: OutboundInterface, fields: Fields, encode: Encoder, query: Query) -> List[Header]:
     if _php_empty(iface.auth_user) or _php_empty(iface.auth_secret):
         raise _Incomplete()
     token = base64.b64encode(_to_bytes(f"{iface.auth_user}:{iface.auth_secret}"))
     return [(b"Authorization", b"Basic " + token)]
 
 
-def _auth_zadarma(iface: OutboundInterface, fields: Fields, encode: Encoder) -> List[Header]:
+def _auth_zadarma(iface: OutboundInterface, fields: Fields, encode: Encoder, query: Query) -> List[Header]:
     if _php_empty(iface.auth_user) or _php_empty(iface.auth_secret):
         raise _Incomplete()
-    _, query = encode(fields)
+    _, signed = encode(fields)
     user, secret = str(iface.auth_user), str(iface.auth_secret)
-    sign = zadarma_signature(iface.url_path, query, secret)
+    sign = zadarma_signature(iface.url_path, signed, secret)
     return [(b"Authorization", _to_bytes(user) + b":" + sign.encode("ascii"))]
 
 
-# Case-sensitive, as in the PHP.  Bearer tokens or a custom header would be added here.
+def _auth_bearer(iface: OutboundInterface, fields: Fields, encode: Encoder, query: Query) -> List[Header]:
+    """`Authorization: Bearer <auth_secret>` (an API token or a JWT, RFC 6750)."""
+    if _php_empty(iface.auth_secret):
+        raise _Incomplete()
+    return [(b"Authorization", b"Bearer " + _to_bytes(str(iface.auth_secret)))]
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name (RFC 9110)
+
+
+def _auth_header(iface: OutboundInterface, fields: Fields, encode: Encoder, query: Query) -> List[Header]:
+    """`<auth_header>: [<auth_scheme> ]<auth_secret>`, the header Authorization unless
+    auth_header names another (`AccessKey xxx`, `App xxx`, `X-API-Key: xxx`)."""
+    if _php_empty(iface.auth_secret):
+        raise _Incomplete()
+    name = iface.auth_header or "Authorization"
+    if not _TOKEN.fullmatch(name):
+        raise RequestError(f"auth_header {name!r} is not an HTTP header name")
+    value = _to_bytes(str(iface.auth_secret))
+    if iface.auth_scheme:
+        value = _to_bytes(iface.auth_scheme) + b" " + value
+    return [(name.encode("ascii"), value)]
+
+
+def _auth_query(iface: OutboundInterface, fields: Fields, encode: Encoder, query: Query) -> List[Header]:
+    """`<key_secret>=<auth_secret>` (after `<key_user>=<auth_user>` when both are set)
+    in the URL's query string, whatever the method (voip.ms api_username/api_password)."""
+    if _php_empty(iface.key_secret) or _php_empty(iface.auth_secret):
+        raise _Incomplete()
+    if not _php_empty(iface.key_user) and not _php_empty(iface.auth_user):
+        query.append((str(iface.key_user), str(iface.auth_user)))
+    query.append((str(iface.key_secret), str(iface.auth_secret)))
+    return []
+
+
+# Case-sensitive, as in the PHP (whose methods are the first four).
 AUTH_METHODS: Dict[str, AuthMethod] = {
     "none": _auth_none,
     "plain": _auth_plain,
     "basic": _auth_basic,
     "zadarma": _auth_zadarma,
+    "bearer": _auth_bearer,
+    "header": _auth_header,
+    "query": _auth_query,
 }
 
 _UNSAFE_HEADER_VALUE = re.compile(rb"[\x00\r\n]")
 
 
+def _with_query(url: str, query: str) -> str:
+    """`url` with `query` appended to its query string (before any fragment)."""
+    if not query:
+        return url
+    base, hash_, fragment = url.partition("#")
+    if "?" not in base:
+        base += "?"
+    elif not base.endswith(("?", "&")):
+        base += "&"
+    return base + query + hash_ + fragment
+
+
 def build_request(iface: OutboundInterface, to: str, sender: str, body: str) -> OutboundRequest:
-    """The request websms.php would send for this SMS, plus websmsd's User-Agent.
+    """The request for this SMS: the one websms.php would send, plus websmsd's
+    User-Agent, for every setting the PHP had; the new settings (encoding, method,
+    the bearer, header and query auth methods, num_country) change it as documented.
 
     Raises RequestError when the settings cannot make a safe request (a URL that is not
-    http(s), an auth_user that would break the Authorization header).
+    http(s), an auth_user that would break the Authorization header, conflicting JSON
+    key paths), and InvalidNumber when num_country is set and To or From cannot be a
+    phone number.
     """
     url = iface.url
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme not in ("http", "https"):
         raise RequestError(f"url_host must start with http:// or https:// (got {safe_url(url)!r})")
+    method = (iface.method or DEFAULT_METHOD).upper()
+    if method not in METHODS:
+        raise RequestError(f"method {iface.method!r} is not one of {', '.join(METHODS)}")
+    encoding = iface.encoding or "form"
+    if encoding not in ("form", "json"):
+        raise RequestError(f"encoding {iface.encoding!r} is neither form nor json")
 
     fields = build_fields(iface, to, sender, body)
-    encode: Encoder = encode_form
+    encode: Encoder = encode_json if _json_body(iface) else encode_form
     warnings: List[str] = []
+    if encoding == "json" and method == "GET":
+        warnings.append("encoding json does not apply to method GET: the fields go in the query string")
     auth = AUTH_METHODS.get(iface.auth_method)
     auth_headers: List[Header] = []
+    auth_query: Query = []
     if auth is None:
         warnings.append(
             f"unknown auth_method {iface.auth_method!r}; sending without authentication"
         )
     else:
         try:
-            auth_headers = auth(iface, fields, encode)
+            auth_headers = auth(iface, fields, encode, auth_query)
         except _Incomplete:
             warnings.append(_INCOMPLETE.format(iface.auth_method))
 
     content_type, payload = encode(fields)
-    headers: List[Header] = [
-        (b"Accept", b"*/*"),
-        (b"Content-Type", content_type.encode("ascii")),
-        *auth_headers,
-        (b"User-Agent", USER_AGENT.encode("ascii")),
-    ]
+    url = _with_query(url, "&".join(f"{_urlencode(k)}={_urlencode(v)}" for k, v in auth_query))
+    headers: List[Header] = [(b"Accept", b"*/*")]
+    if method == "GET":
+        url = _with_query(url, payload.decode("ascii"))
+        payload = b""
+    else:
+        headers.append((b"Content-Type", content_type.encode("ascii")))
+    headers += [*auth_headers, (b"User-Agent", USER_AGENT.encode("ascii"))]
     for name, value in headers:
         if _UNSAFE_HEADER_VALUE.search(value):
-            raise RequestError(f"the {name.decode()} header would contain a line break (check auth_user)")
+            raise RequestError(
+                f"the {name.decode()} header would contain a line break"
+                " (check auth_user, auth_secret and auth_scheme)"
+            )
     return OutboundRequest(
-        method=DEFAULT_METHOD,
+        method=method,
         url=url,
         headers=tuple(headers),
         body=payload,
-        fields=tuple(php_ksort(fields)),
+        fields=tuple(fields.items()) if encode is encode_json else tuple(php_ksort(fields)),
         warnings=tuple(warnings),
     )
 
@@ -533,6 +793,9 @@ class Outcome:
     permanent: bool
     reason: str
     status: Optional[int] = None
+    # The ITSP's id for the message, found at resp_id in a successful answer (for
+    # delivery reports and the status page); None when resp_id is unset or not there.
+    provider_id: Optional[str] = None
 
 
 EXCERPT_CHARS = 120
@@ -563,9 +826,11 @@ def _secrets_of(iface: OutboundInterface) -> List[str]:
     secret = iface.auth_secret
     if secret:
         secrets.append(secret)
-        encoded = _urlencode(secret)
-        if encoded != secret:
-            secrets.append(encoded)
+        # As it may come back: form- or URL-encoded, or escaped in a JSON string.
+        escaped = (json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1])
+        for encoded in (_urlencode(secret), *escaped):
+            if encoded != secret and encoded not in secrets:
+                secrets.append(encoded)
         if iface.auth_user is not None:
             secrets.append(
                 base64.b64encode(_to_bytes(f"{iface.auth_user}:{secret}")).decode("ascii")
@@ -756,6 +1021,43 @@ def evaluate_resp_check(check: Optional[str], body: bytes) -> Optional[Tuple[boo
     return verdict.ok, verdict.detail
 
 
+MAX_PROVIDER_ID = 200  # characters; as the webhook's key_id
+
+
+def response_id(path: Optional[str], body: bytes) -> Optional[str]:
+    """The provider's message id at `path` in a JSON answer, or None.
+
+    The path syntax of the JSON keys: dots between object members, a part of digits is
+    an array position when it meets an array (`message_uuid.0`, `data.messages.0.id`;
+    against an object it is a member name), and `name[]` is `name.0`.  A string is
+    taken as it is, a number as its JSON text; anything else, an empty or unprintable
+    value, or one over MAX_PROVIDER_ID characters gives None.  Never raises.
+    """
+    if not path:
+        return None
+    try:
+        value: Any = json.loads(
+            body, parse_int=_JSONNumber, parse_float=_JSONNumber, parse_constant=_reject_constant
+        )
+    except (ValueError, RecursionError):
+        return None
+    for part in path.split("."):
+        names = [part[:-2], "0"] if part.endswith("[]") else [part]
+        for name in names:
+            if isinstance(value, dict) and name in value:
+                value = value[name]
+            elif isinstance(value, list) and _INDEX.fullmatch(name) and int(name) < len(value):
+                value = value[int(name)]
+            else:
+                return None
+    if not isinstance(value, str):  # _JSONNumber is a str
+        return None
+    text = str(value)
+    if not text or len(text) > MAX_PROVIDER_ID or not text.isprintable():
+        return None
+    return text
+
+
 def check_response(
     iface: OutboundInterface,
     status: int,
@@ -765,22 +1067,29 @@ def check_response(
     """Judge an ITSP's answer.
 
     Sent: a 2xx status and, when resp_check is set, a passing resp_check (without one,
-    any 2xx counts, even with an empty or non-JSON body).  Transient (retry): 5xx, 408,
-    429 and any status outside 1xx-5xx.  Permanent: 3xx (redirects are not followed;
-    `location`, the Location header, says where it pointed), the other 4xx, and a 2xx
-    whose resp_check fails: the ITSP answered, so sending again could send twice.
+    any 2xx counts, even with an empty or non-JSON body; a 204 has no content to
+    check and counts too).  Transient (retry): 5xx, 408, 429 and any status outside
+    1xx-5xx.  Permanent: 3xx (redirects are not followed; `location`, the Location
+    header, says where it pointed), the other 4xx, and a 2xx whose resp_check fails:
+    the ITSP answered, so sending again could send twice.  When sent, provider_id is
+    the value at resp_id in the answer (see response_id).
     """
     secrets = _secrets_of(iface)
     shown = excerpt(body, secrets)
     tail = f": {shown}" if shown else ""
     if 200 <= status < 300:
+        provider_id = response_id(iface.resp_id, body)
         verdict = evaluate_resp_check(iface.resp_check, body)
         if verdict is None:
-            return Outcome(True, False, f"HTTP {status}{tail}", status)
+            return Outcome(True, False, f"HTTP {status}{tail}", status, provider_id)
+        if status == 204:
+            return Outcome(True, False, "HTTP 204 (no content: resp_check not applied)", status)
         passed, why = verdict
         check = _escape(iface.resp_check or "")
         if passed:
-            return Outcome(True, False, f"HTTP {status}, resp_check {check} matched{tail}", status)
+            return Outcome(
+                True, False, f"HTTP {status}, resp_check {check} matched{tail}", status, provider_id
+            )
         return Outcome(
             False, True, f"HTTP {status} but resp_check {check} failed: {why}{tail}", status
         )
@@ -998,9 +1307,17 @@ class ITSPClient:
         )
         if outcome.ok:
             # No reason here: the answer may quote the text of the message.
-            self._log.info(
-                "interface {iface!r} {url}: sent, HTTP {status} in {elapsed_ms} ms", **fields
-            )
+            if outcome.provider_id is not None:
+                self._log.info(
+                    "interface {iface!r} {url}: sent, HTTP {status} in {elapsed_ms} ms,"
+                    " id {provider_id}",
+                    provider_id=outcome.provider_id,
+                    **fields,
+                )
+            else:
+                self._log.info(
+                    "interface {iface!r} {url}: sent, HTTP {status} in {elapsed_ms} ms", **fields
+                )
         else:
             self._log.warn(
                 "interface {iface!r} {url}: {verdict} after {elapsed_ms} ms: {reason}",
@@ -1013,11 +1330,15 @@ class ITSPClient:
     async def _attempt(self, iface: OutboundInterface, to: str, sender: str, body: str) -> Outcome:
         from twisted.internet import defer
 
+        secrets = _secrets_of(iface)
         try:
             request = build_request(iface, to, sender, body)
             client = self.client_for(iface)
+        except InvalidNumber as e:
+            # The message itself is wrong: no request, and no retry would help.
+            return Outcome(False, True, f"not sent: {_redact(str(e), secrets)}")
         except (RequestError, TLSConfigError) as e:
-            return Outcome(False, False, f"cannot send: {e}")
+            return Outcome(False, False, f"cannot send: {_redact(str(e), secrets)}")
         for warning in request.warnings:
             self._log.warn("interface {iface!r}: {warning}", iface=iface.name, warning=warning)
 
@@ -1038,7 +1359,8 @@ class ITSPClient:
                 request.method,
                 request.url,
                 headers=_twisted_headers(request.headers),
-                data=request.body,
+                # No body at all for GET (not even Content-Length: 0).
+                data=request.body if request.method != "GET" else None,
                 allow_redirects=False,
                 unbuffered=True,
             )
@@ -1052,7 +1374,7 @@ class ITSPClient:
         except Exception as e:
             if state["timed_out"]:
                 return timeout_outcome
-            return Outcome(False, False, _describe_error(e, iface.url))
+            return Outcome(False, False, _redact(_describe_error(e, iface.url), secrets))
         finally:
             if timer.active():
                 timer.cancel()
@@ -1062,11 +1384,16 @@ class ITSPClient:
             location = location.decode("latin-1")
         outcome = check_response(iface, response.code, content, location)
         if truncated:
-            outcome = Outcome(
-                outcome.ok,
-                outcome.permanent,
-                f"{outcome.reason} (response over {self.max_response} bytes, truncated)",
-                outcome.status,
+            outcome = replace(
+                outcome,
+                reason=f"{outcome.reason} (response over {self.max_response} bytes, truncated)",
+            )
+        if outcome.ok and iface.resp_id and outcome.provider_id is None:
+            # Not a failure: the message went out; only its delivery reports cannot be
+            # matched to it.
+            self._log.debug(
+                "interface {iface!r}: no usable message id at resp_id {resp_id} in the answer",
+                iface=iface.name, resp_id=iface.resp_id,
             )
         return outcome
 
