@@ -58,13 +58,14 @@ def _tls_endpoint(description: str, settings: Settings) -> str:
 
 
 def _listen(parent: service.MultiService, reactor: Any, description: str,
-            factory: Any, name: str) -> None:
+            factory: Any, name: str) -> StreamServerEndpointService:
     ep = endpoints.serverFromString(reactor, description)
     svc = StreamServerEndpointService(ep, factory)
     # Fail the start (twistd exits non-zero) rather than run deaf on a busy port.
     svc._raiseSynchronously = True
     svc.setName(f"{name} {description}")
     svc.setServiceParent(parent)
+    return svc
 
 
 def make_service(settings: Settings, reactor: Any = None) -> service.MultiService:
@@ -76,15 +77,20 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
     from websmsd.asterisk.callfile import CallFileSpool
     from websmsd.delivery import CallFileSink, ITSPSink
     from websmsd.dispatch import Dispatcher, RetryPolicy
-    from websmsd.http.api import APIResource
+    from websmsd.http import status
+    from websmsd.http.api import Access
     from websmsd.http.itsp import ITSPClient
     from websmsd.http.webhook import WebhookResource, make_site
+    from websmsd.metrics import MeasuredClient, Metrics
     from websmsd.outbox import Outbox
     from websmsd.store import Store
-    from twisted.web.server import Site
+    from twisted.internet.threads import deferToThreadPool
 
     d = settings.daemon
     top = service.MultiService()
+    started = reactor.seconds()
+    metrics = Metrics()
+    board = status.ChannelBoard()  # each channel adds its rows to the status page
     store = Store(d.store, reactor)
     StoreService(store).setServiceParent(top)
 
@@ -96,7 +102,12 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
     dispatcher.add_sink(IN, calls)
     client = ITSPClient(reactor, timeout=d.http_timeout)
     _on_stop(top, client.close)
-    itsp = ITSPSink(store, dispatcher, client, settings.outbound, policy, reactor)
+    measured = MeasuredClient(client, metrics.send_seconds, reactor.seconds)
+    itsp = ITSPSink(store, dispatcher, measured, settings.outbound, policy, reactor)
+    board.register(status.itsp_reporter(settings.outbound, measured))
+    board.register(status.spool_reporter(
+        calls, spool, since=started, clock=reactor.seconds,
+        run_in_thread=lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f)))
     dispatcher.add_sink(OUT, itsp)
     dispatcher.setServiceParent(top)
     outbox = Outbox(store, dispatcher, settings.outbound, reactor, wait=d.agi_wait)
@@ -104,7 +115,10 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
     webhook = WebhookResource(settings.inbound, store.add, max_body=d.max_body)
     webhook_site = make_site(webhook, d.max_body)
     for description in d.webhook_listen:
-        _listen(top, reactor, _tls_endpoint(description, settings), webhook_site, "webhook")
+        svc = _listen(top, reactor, _tls_endpoint(description, settings), webhook_site,
+                      "webhook")
+        board.register(status.listener_reporter("webhook", description, svc, started,
+                                                status.webhook_detail(webhook)))
 
     def agi_handler(request: Any) -> defer.Deferred:
         result = outbox.submit(request.to, request.sender, request.body, request.index)
@@ -112,16 +126,25 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
 
     agi = FastAGIFactory(agi_handler, reactor=reactor)
     for description in d.agi_listen:
-        _listen(top, reactor, description, agi, "fastagi")
+        svc = _listen(top, reactor, description, agi, "fastagi")
+        board.register(status.listener_reporter("fastagi", description, svc, started))
 
-    local = Site(APIResource(outbox, store))
-    local.displayTracebacks = False
+    # The status page, the JSON API (the `websms` command) and /metrics.
+    model = status.StatusModel(
+        store, board, metrics=metrics, measured=measured, calls=calls, webhook=webhook,
+        outbound=settings.outbound, inbound=settings.inbound, started=started,
+        clock=reactor.seconds, wake=dispatcher.wake)
+    local = make_site(status.make_status_resource(model, outbox, Access.from_settings(d)),
+                      status.MAX_REQUEST_BODY)
     for description in d.status_listen:
-        _listen(top, reactor, description, local, "status")
+        svc = _listen(top, reactor, _tls_endpoint(description, settings), local, "status")
+        board.register(status.listener_reporter("status", description, svc, started))
 
     # For the status page and tests: the parts, by name.
     top.store = store
     top.dispatcher = dispatcher
     top.webhook = webhook
     top.sinks = {IN: calls, OUT: itsp}
+    top.metrics = metrics
+    top.board = board
     return top
