@@ -230,3 +230,19 @@ def test_long_text_parts_wait_for_asterisk_to_take_the_previous_one(world):
     assert os.listdir(world.q.outgoingdir) == [callfile_name(m.id, 1)]
     parts = row(world, m.id)
     assert parts.status == "queued" and parts.progress == 2
+
+
+def test_a_message_cancelled_after_it_was_found_due_is_not_sent(world):
+    m = Message(OUT, "api-1", "+1555", "+1666", "hello", channel="api")
+    result(world.store.add([m]))
+    # The owner cancels between the dispatcher's query and the send.
+    real_claim = world.store.claim
+
+    def cancel_first(message_id, attempts):
+        result(world.store.cancel(message_id))
+        return real_claim(message_id, attempts)
+
+    world.store.claim = cancel_first
+    world.clock.advance(0)
+    assert world.itsp.sent == []
+    assert row(world, m.id).status == "cancelled"

@@ -67,12 +67,14 @@ def websms_main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     url = args.api
+    token = None
     if url is None:
         from websmsd.config import ConfigError, load
 
         try:
             settings = load(args.config or default_config())
             host, port = api_address(settings.daemon.status_listen[0])
+            token = settings.daemon.status_token
         except (ConfigError, OSError, ValueError, IndexError) as e:
             print(f"websms: cannot find the daemon's local API: {e}", file=sys.stderr)
             return EX_FAILED
@@ -80,9 +82,12 @@ def websms_main(argv: Optional[List[str]] = None) -> int:
     payload = {"to": args.to, "from": args.sender, "body": args.body, "index": args.index}
     if args.wait is not None:
         payload["wait"] = args.wait
+    headers = {"Content-Type": "application/json"}
+    if token:  # needed when the local API listens beyond loopback
+        headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(
         url.rstrip("/") + "/api/send", data=json.dumps(payload).encode("utf-8"),
-        headers={"Content-Type": "application/json"}, method="POST")
+        headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=150) as response:
             answer = json.load(response)

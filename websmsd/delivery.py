@@ -180,7 +180,9 @@ class ITSPSink:
             yield self._record(m, {"status": FAILED, "reason": reason, "attempts": attempts},
                                False, reason)
             return
-        yield self.store.update([(m.id, {"status": SENDING, "attempts": attempts})])
+        claimed = yield self.store.claim(m.id, attempts)
+        if not claimed:  # cancelled by the owner since it was found due
+            return
         outcome = yield self.client.send(iface, m.recipient, m.sender, m.body)
         now = self.reactor.seconds()
         self.last[iface.name] = (now, outcome.ok, outcome.reason)

@@ -369,6 +369,20 @@ class Store:
 
         return self._submit(reports)
 
+    def claim(self, message_id: str, attempts: int) -> defer.Deferred:
+        """Mark a due message "sending" for its `attempts`-th try; fires False when it is
+        no longer waiting (cancelled meanwhile), so that it is not sent."""
+
+        def claim(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
+                "UPDATE messages SET status = ?, attempts = ?, updated = ? WHERE id = ?"
+                " AND status IN (?, ?)",
+                (SENDING, attempts, time.time(), message_id, QUEUED, SENDING),
+            )
+            return cur.rowcount == 1
+
+        return self._submit(claim)
+
     def requeue(self, message_id: str) -> defer.Deferred:
         """Send a failed or cancelled message again (resend button, API)."""
 
