@@ -306,3 +306,28 @@ def test_bad_config_refuses_to_start(tmp_path):
                        capture_output=True, text=True, env=env, timeout=30, cwd=tmp_path)
     assert r.returncode != 0
     assert f"{conf}:3" in r.stdout + r.stderr and "no_such_key" in r.stdout + r.stderr
+
+
+def test_delivery_report_updates_the_sent_message(make_daemon, fake_itsp):
+    fake_itsp.default = (200, b'{"data": {"id": "prov-42", "status": "queued"}}')
+    d = make_daemon(
+        websms=f"url_host = {fake_itsp.url}\nauth_method = none\nencoding = json\n"
+               "resp_id = data.id",
+        websmsd='msg_filter = "data.event_type=message.received"\n'
+                'dlr_filter = "data.event_type=message.finalized"\n'
+                "dlr_id = data.payload.id\ndlr_status = data.payload.to.0.status\n"
+                "key_to = data.payload.to.0.phone_number\n"
+                "key_from = data.payload.from.phone_number\nkey_body = data.payload.text")
+    r = api_json(d.api_url + "/api/send", {"to": "+1555", "from": "+1666", "body": "hi", "wait": 5})
+    assert r["status"] == "SENT"
+    receipt = {"data": {"event_type": "message.finalized",
+                        "payload": {"id": "prov-42", "to": [{"phone_number": "+1555",
+                                                             "status": "delivered"}]}}}
+    code, _ = status_and_body(curl("-H", "Content-Type: application/json",
+                                   "--data-binary", json.dumps(receipt), d.webhook_url + "/"))
+    assert code == 200
+    assert d.rows("SELECT status, provider_id FROM messages WHERE id = ?", (r["id"],)) == [
+        ("delivered", "prov-42")]
+    assert d.rows("SELECT status FROM reports") == [("delivered",)]
+    time.sleep(0.3)
+    assert d.callfiles() == []  # a report never becomes a call file

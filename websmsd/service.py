@@ -112,7 +112,8 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
     dispatcher.setServiceParent(top)
     outbox = Outbox(store, dispatcher, settings.outbound, reactor, wait=d.agi_wait)
 
-    webhook = WebhookResource(settings.inbound, store.add, max_body=d.max_body)
+    webhook = WebhookResource(settings.inbound, store.add, max_body=d.max_body,
+                              report=store.report)
     webhook_site = make_site(webhook, d.max_body)
     for description in d.webhook_listen:
         svc = _listen(top, reactor, _tls_endpoint(description, settings), webhook_site,

@@ -26,15 +26,58 @@ Decisions (see also websms-reference.md, "Inbound request handling"):
   and the key of such a field still reads as its original text (an SMS text that is
   itself JSON, ``Body=[1,2]``, arrives intact; the PHP delivered an empty body).
 - A body of "0" stays "0" (the PHP turned it into "").  A missing body is "".
+
+Today's ITSPs (settings of InboundInterface; see `extract`, `classify`, `extract_report`):
+
+- Keys are names searched at any depth, or paths into the document
+  (``data.payload.to.0.phone_number``).  ``key_media`` is a path whose parts may be
+  ``*`` or a glob (``MediaUrl*``, ``data.payload.media.*.url``); its http(s) links are
+  appended to the text, one per line after a blank line.  Nothing is downloaded.
+- A JSON array of objects is a batch of events (Bandwidth): each element is classified
+  and read on its own.  A request whose events can none of them be taken is refused
+  (400); otherwise the good ones are taken and each bad one is recorded as a refusal, so
+  that one malformed event cannot make a provider retry (and us refuse) a batch forever.
+- ``msg_filter`` / ``dlr_filter`` (``path=value``: the text at path equals value;
+  ``path``: present and not empty) say what an event is.  A matching ``msg_filter``
+  makes a message (it wins over ``dlr_filter``); else a matching ``dlr_filter`` makes a
+  delivery report; else the event is a message when no ``msg_filter`` is set, and is
+  ignored (acknowledged, counted) when one is.
+- Delivery report words are mapped by `REPORT_WORDS` (case-insensitive), overridden by
+  ``dlr_map``: delivered, failed or sent.  Intermediate words (queued, accepted,
+  sending...) and unknown ones are ignored: a report only ever moves a message forward,
+  and "queued at the provider" says nothing our own status does not.
+- ``val_to`` is the recipient when the event has none; ``val_urldecode`` percent-decodes
+  To/From (``+`` stays ``+``) and the text (``+`` is a space, as in a form);
+  ``num_country`` writes To and From in E.164 (an alphanumeric sender or a short code
+  sender of up to 8 digits is left as it is; a recipient that cannot be a number is
+  refused with the reason, never guessed).
+- ``sig_method`` (twilio, telnyx, plivo, vonage, zadarma): the request's signature is
+  checked (`websmsd.http.signatures`) against the public URL ``sig_url`` + path and
+  query before its body is even parsed; a missing or wrong one is refused with 403
+  (refusal kind ``bad_signature``).  The key_echo probe is answered before the check.
+- Answers: ``resp_ack`` with Content-Type ``resp_type`` for messages, reports and
+  ignored events alike; 503 + Retry-After when the store cannot commit.
 """
 
 from __future__ import annotations
 
+import functools
 import re
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Union
-from urllib.parse import unquote
+from fnmatch import fnmatchcase
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from urllib.parse import unquote, urlsplit
 
-from websmsd.message import IN, Message, UnsafeValue, check_recipient, check_sender
+from websmsd.message import (
+    DELIVERED,
+    FAILED,
+    IN,
+    SENT,
+    Message,
+    UnsafeValue,
+    check_recipient,
+    check_sender,
+)
+from websmsd.numbers import NumberError, normalise
 from websmsd.settings import InboundInterface, InboundSettings
 
 # A field tree: what a form, a multipart body or a JSON document decodes to.  Form
@@ -45,6 +88,10 @@ Tree = Union[Dict[str, Any], List[Any], str, bool, None]
 MAX_FIELDS = 1000  # PHP's max_input_vars
 MAX_NESTING = 64  # PHP's max_input_nesting_level
 MAX_PROVIDER_ID = 200  # characters
+MAX_EVENTS = 1000  # events in one JSON array body
+MAX_MEDIA = 20  # media links appended to one message
+MAX_MEDIA_URL = 2000  # characters of one media link
+MAX_DETAIL = 200  # characters of a delivery report's detail
 
 
 class FieldError(ValueError):
@@ -70,6 +117,27 @@ class Fields(NamedTuple):
     sender: str
     body: str
     provider_id: Optional[str]
+    dropped_media: int = 0  # media links left out (not http(s), too long, too many)
+
+
+class Report(NamedTuple):
+    """A delivery report: what became of the message the provider knows as provider_id."""
+
+    provider_id: str
+    status: str  # SENT, DELIVERED or FAILED
+    detail: Optional[str]  # the provider's word, and its reason if it gave one
+
+
+class Ignored(NamedTuple):
+    """An event taken for what it is and then left alone (acknowledged, counted)."""
+
+    reason: str  # a fixed text: the key of WebhookResource.ignored
+    detail: str = ""  # what makes this one so, for the log (never message text)
+
+
+MESSAGE = "message"
+REPORT = "report"
+IGNORED = "ignored"
 
 
 # ---------------------------------------------------------------------------------
@@ -276,10 +344,11 @@ def lookup(tree: Tree, keys: Sequence[str]) -> Dict[str, Optional[str]]:
 
 
 def extract(iface: InboundInterface, tree: Tree) -> Fields:
-    """The SMS fields of a request for interface `iface`.
+    """The SMS fields of a request (or of one event of a batch) for interface `iface`.
 
-    Raises MissingField naming the missing To/From key(s), or message.UnsafeValue when
-    To, From or the provider id could smuggle anything into a call file or a log.
+    Raises MissingField naming the missing To/From key(s), FieldError for a number
+    num_country cannot read or text val_urldecode cannot decode, or message.UnsafeValue
+    when To, From or the provider id could smuggle anything into a call file or a log.
     """
     keys = [iface.key_to, iface.key_from, iface.key_body]
     if iface.key_id:
@@ -287,23 +356,39 @@ def extract(iface: InboundInterface, tree: Tree) -> Fields:
     values = lookup(tree, keys)
     recipient = values[iface.key_to]
     sender = values[iface.key_from]
+    body = values[iface.key_body] or ""
+    if iface.val_urldecode:
+        decode = iface.val_urldecode
+        if recipient is not None and "to" in decode:
+            recipient = _urldecode(recipient, "To", plus=False)
+        if sender is not None and "from" in decode:
+            sender = _urldecode(sender, "From", plus=False)
+        if "body" in decode:
+            body = _urldecode(body, "the text", plus=True)
+    fixed_recipient = recipient is None and iface.val_to is not None
+    if fixed_recipient:
+        recipient = iface.val_to
     if recipient is None or sender is None:
         missing = [k for k, v in ((iface.key_to, recipient), (iface.key_from, sender)) if v is None]
         raise MissingField("missing " + " and ".join(missing))
+    if iface.num_country:
+        if not fixed_recipient:
+            recipient = _e164(recipient, iface.num_country, "recipient")
+        if not _leave_sender_alone(sender):
+            sender = _e164(sender, iface.num_country, "sender")
     check_recipient(recipient)
     check_sender(sender)
-    body = values[iface.key_body] or ""
+    dropped = 0
+    if iface.key_media:
+        links, dropped = media_links(find_all(tree, iface.key_media))
+        if links:
+            body = body + "\n\n" + "\n".join(links) if body else "\n".join(links)
     provider_id = values[iface.key_id] if iface.key_id else None
     if provider_id == "":
         provider_id = None
-    if provider_id is not None and (
-        len(provider_id) > MAX_PROVIDER_ID or not provider_id.isprintable()
-    ):
-        shown = repr(provider_id)
-        if len(shown) > 40:
-            shown = shown[:37] + "..."
-        raise UnsafeValue(f"provider id {shown} is too long or has control characters")
-    return Fields(recipient, sender, body, provider_id)
+    if provider_id is not None:
+        _check_provider_id(provider_id)
+    return Fields(recipient, sender, body, provider_id, dropped)
 
 
 def make_message(iface: InboundInterface, fields: Fields) -> Message:
@@ -319,6 +404,207 @@ def make_message(iface: InboundInterface, fields: Fields) -> Message:
         provider_id=pid,
         dedupe_key=None if pid is None else f"{iface.name}\x1f{pid}",
     )
+
+
+def events_of(tree: Tree) -> List[Tree]:
+    """The events of a request: the elements of a JSON array of objects, else the
+    request itself."""
+    if type(tree) is list and tree and all(isinstance(e, dict) for e in tree):
+        if len(tree) > MAX_EVENTS:
+            raise FieldError(f"more than {MAX_EVENTS} events in one request")
+        return tree
+    return [tree]
+
+
+def matches(tree: Tree, rule: str) -> bool:
+    """Whether `tree` matches a filter: ``path=value`` (the text at path equals value)
+    or ``path`` (the text at path is present and not empty)."""
+    path, equals, value = rule.partition("=")
+    found = find(tree, path)
+    if equals:
+        return found == value
+    return bool(found)
+
+
+def classify(iface: InboundInterface, tree: Tree) -> str:
+    """MESSAGE, REPORT or IGNORED, by the interface's msg_filter and dlr_filter."""
+    if iface.msg_filter is not None and matches(tree, iface.msg_filter):
+        return MESSAGE
+    if iface.dlr_filter is not None and matches(tree, iface.dlr_filter):
+        return REPORT
+    return MESSAGE if iface.msg_filter is None else IGNORED
+
+
+# Delivery report words of common providers (lower case), and what they mean here.
+# Twilio (MessageStatus), Telnyx (to[].status), Bandwidth (type), Sinch (status),
+# Vonage (status), SMPP-style receipts (stat:) and Plivo (Status).
+REPORT_WORDS = {
+    **dict.fromkeys(
+        ("delivered", "delivrd", "delivery_succeeded", "message-delivered", "read"), DELIVERED
+    ),
+    **dict.fromkeys(
+        (
+            "failed", "undelivered", "delivery_failed", "sending_failed", "rejected",
+            "expired", "undeliv", "rejectd", "deleted", "aborted", "cancelled", "canceled",
+            "undeliverable", "message-failed",
+        ),
+        FAILED,
+    ),
+    **dict.fromkeys(("sent", "submitted", "dispatched", "delivery_unconfirmed"), SENT),
+}
+# Steps before "sent", or no news: acknowledged and left alone.
+INTERMEDIATE_WORDS = frozenset(
+    (
+        "queued", "accepted", "acceptd", "enroute", "sending", "scheduled", "buffered",
+        "receiving", "received", "message-sending", "unknown",
+    )
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _report_map(dlr_map: Optional[str]) -> Dict[str, str]:
+    words = dict(REPORT_WORDS)
+    for entry in (dlr_map or "").split(","):
+        word, equals, status = entry.partition("=")
+        if equals and word.strip():
+            words[word.strip().lower()] = status.strip()
+    return words
+
+
+def report_status(word: str, dlr_map: Optional[str] = None) -> Optional[str]:
+    """SENT, DELIVERED or FAILED for a provider's status word (dlr_map first), or None."""
+    return _report_map(dlr_map).get(word.strip().lower())
+
+
+def extract_report(iface: InboundInterface, tree: Tree) -> Union[Report, Ignored]:
+    """The delivery report an event is, or why it is left alone."""
+    if not iface.dlr_id or not iface.dlr_status:
+        return Ignored("dlr_id or dlr_status is not set", "a delivery report was not read")
+    keys = [iface.dlr_id, iface.dlr_status]
+    if iface.dlr_reason:
+        keys.append(iface.dlr_reason)
+    values = lookup(tree, keys)
+    provider_id = values[iface.dlr_id]
+    word = values[iface.dlr_status]
+    if not provider_id:
+        return Ignored("delivery report without a message id", f"nothing at {iface.dlr_id}")
+    if not word:
+        return Ignored("delivery report without a status", f"nothing at {iface.dlr_status}")
+    _check_provider_id(provider_id)
+    status = report_status(word, iface.dlr_map)
+    shown = _one_line(word, 40)
+    if status is None:
+        if word.strip().lower() in INTERMEDIATE_WORDS:
+            return Ignored("intermediate delivery status", shown)
+        return Ignored("unknown delivery status", f"{shown} (map it with dlr_map)")
+    reason = values[iface.dlr_reason] if iface.dlr_reason else None
+    detail = shown if not reason else f"{shown}: {_one_line(reason, MAX_DETAIL)}"
+    return Report(provider_id, status, _one_line(detail, MAX_DETAIL))
+
+
+_GLOB = frozenset("*?[")
+
+
+def find_all(tree: Tree, pattern: str) -> List[str]:
+    """Every text `pattern` reaches, in document order.
+
+    A part of the dotted pattern may be ``*`` or a glob (``MediaUrl*``) matching any key
+    or array index; a path that ends at an array yields its texts.  A pattern without
+    wildcards that reaches nothing is looked up as one name, like `find`.
+    """
+    nodes: List[Any] = [tree]
+    for part in pattern.split("."):
+        glob = not _GLOB.isdisjoint(part)
+        reached: List[Any] = []
+        for node in nodes:
+            if isinstance(node, dict):
+                if glob:
+                    reached.extend(v for k, v in node.items() if fnmatchcase(k, part))
+                elif part in node:
+                    reached.append(node[part])
+            elif isinstance(node, list):
+                if glob:
+                    reached.extend(v for i, v in enumerate(node) if fnmatchcase(str(i), part))
+                elif part.isdigit() and part.isascii() and int(part) < len(node):
+                    reached.append(node[int(part)])
+        nodes = reached
+        if not nodes:
+            break
+    found: List[str] = []
+    for node in nodes:
+        if isinstance(node, list):
+            found.extend(v for v in node if isinstance(v, str))
+        elif isinstance(node, str):
+            found.append(node)
+    if not found and _GLOB.isdisjoint(pattern):
+        value = find(tree, pattern)
+        if value:
+            found.append(value)
+    return found
+
+
+def media_links(candidates: Iterable[str]) -> Tuple[List[str], int]:
+    """The usable media links of `candidates` (http/https with a host, printable, no
+    spaces, at most MAX_MEDIA_URL long; at most MAX_MEDIA of them), and how many were
+    left out."""
+    links: List[str] = []
+    dropped = 0
+    for text in candidates:
+        if len(links) < MAX_MEDIA and _media_url(text):
+            links.append(text)
+        elif text:
+            dropped += 1
+    return links, dropped
+
+
+def _media_url(text: str) -> bool:
+    if not text or len(text) > MAX_MEDIA_URL or not text.isprintable() or " " in text:
+        return False
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+
+
+def _urldecode(value: str, what: str, *, plus: bool) -> str:
+    if "%" not in value and not (plus and "+" in value):
+        return value
+    try:
+        return unquote(value.replace("+", " ") if plus else value, errors="strict")
+    except UnicodeDecodeError:
+        raise FieldError(f"{what} is not valid percent-encoded UTF-8") from None
+
+
+def _leave_sender_alone(sender: str) -> bool:
+    """An alphanumeric sender id, or a short code: not numbers num_country can write."""
+    if any(c.isalpha() for c in sender):
+        return True
+    return sender.isdigit() and sender.isascii() and len(sender) <= 8
+
+
+class BadNumber(FieldError):
+    """A To or From that num_country cannot read as a number."""
+
+
+def _e164(number: str, country: str, what: str) -> str:
+    try:
+        return normalise(number, country)
+    except NumberError as e:
+        raise BadNumber(f"{what} {e}") from None
+
+
+def _check_provider_id(provider_id: str) -> None:
+    if len(provider_id) > MAX_PROVIDER_ID or not provider_id.isprintable():
+        shown = repr(provider_id)
+        if len(shown) > 40:
+            shown = shown[:37] + "..."
+        raise UnsafeValue(f"provider id {shown} is too long or has control characters")
+
+
+def _one_line(text: str, limit: int) -> str:
+    text = "".join(c if c.isprintable() else " " for c in text).strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # -- helpers of the pure layer --------------------------------------------------------
@@ -596,33 +882,43 @@ def _text(value: Any) -> Optional[str]:
 #    above can be read (and lifted out) without Twisted.
 # ---------------------------------------------------------------------------------
 
-import functools  # noqa: E402
 import io  # noqa: E402
 import time  # noqa: E402
 from collections import Counter, deque  # noqa: E402
 from typing import Callable  # noqa: E402
 
-from twisted.internet.defer import Deferred, maybeDeferred  # noqa: E402
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred  # noqa: E402
 from twisted.logger import Logger  # noqa: E402
 from twisted.web.http import RESPONSES  # noqa: E402
 from twisted.web.server import NOT_DONE_YET, Request, Site  # noqa: E402
 from twisted.web.resource import Resource  # noqa: E402
 
+from websmsd.http import signatures  # noqa: E402
+
 log = Logger()
 
 Accept = Callable[[List[Message]], "Deferred[List[bool]]"]
+# report(provider_id, status, detail) -> Deferred[our message id, or None if unknown]
+ReportSink = Callable[[str, str, Optional[str]], "Deferred[Optional[str]]"]
 
 _TEXT = b"text/plain; charset=utf-8"
-_HTML = b"text/html; charset=UTF-8"  # what the PHP sent; ITSPs parse TwiML etc.
 _ALLOWED = (b"GET", b"HEAD", b"POST")
 _ALLOW_HEADER = b"GET, HEAD, POST"
 
 # Refusal classes counted in WebhookResource.refusals.
 FORBIDDEN = "forbidden"
 BAD_REQUEST = "bad_request"
+BAD_SIGNATURE = "bad_signature"
 TOO_LARGE = "too_large"
 METHOD = "method"
 STORE_FAILED = "store_failed"
+
+_STORED = (
+    "webhook: inbound SMS {id} {what} from {source} on interface {interface!r}"
+    " to {recipient} from {sender}"
+)
+_NO_FILTER = Ignored("matches neither msg_filter nor dlr_filter")
+_NO_REPORT_SINK = Ignored("delivery reports are not taken here")
 
 
 class WebhookResource(Resource):
@@ -630,7 +926,12 @@ class WebhookResource(Resource):
 
     `accept(messages)` commits messages durably and fires with one bool per message
     (True: new, False: a provider id already stored); it errbacks if it cannot commit.
-    The ITSP gets 200 + resp_ack only after it fired, 503 (retry) if it failed.
+    All messages of one request go to one `accept` call.  `report(provider_id, status,
+    detail)` records a delivery report and fires with our message id (None: no message
+    has that provider id); without it, reports are acknowledged and ignored.
+    The ITSP gets 200 + resp_ack only after everything fired, 503 + Retry-After (retry)
+    if anything failed.  A request with no message and no report in it (an event type
+    we do not take) gets 200 + resp_ack at once and is counted in `ignored`.
     """
 
     isLeaf = True
@@ -641,17 +942,26 @@ class WebhookResource(Resource):
         accept: Accept,
         max_body: int = 1024 * 1024,
         *,
+        report: Optional[ReportSink] = None,
         retry_after: int = 30,
         now: Callable[[], float] = time.time,
     ) -> None:
         super().__init__()
         self.settings = settings
         self.accept = accept
+        self.report = report
         self.max_body = max_body
         self.retry_after = b"%d" % retry_after
         self.refusals: Counter = Counter()
         self.recent_refusals: deque = deque(maxlen=50)
+        # Events acknowledged but not taken, by reason; and the last ones (time, source,
+        # path, reason: never message text).
+        self.ignored: Counter = Counter()
+        self.recent_ignored: deque = deque(maxlen=50)
+        # Delivery reports taken, by our status ("unknown": no message has that id).
+        self.reports: Counter = Counter()
         self._now = now
+        self._acks: Dict[int, Tuple[bytes, bytes]] = {}
         name = settings.proxy_header_name
         self._proxy_header = name.encode("latin-1") if name and settings.prox_addr else None
 
@@ -702,6 +1012,12 @@ class WebhookResource(Resource):
                     path,
                     f"request body larger than {self.max_body} bytes",
                 )
+            if iface.sig_method is not None:
+                problem = self._signature_problem(request, iface, body)
+                if problem is not None:
+                    return self._refuse(
+                        request, 403, BAD_SIGNATURE, source, path, f"bad signature: {problem}"
+                    )
             tree: Tree = None
             if body:
                 content_type = request.getHeader(b"content-type")
@@ -714,6 +1030,8 @@ class WebhookResource(Resource):
                 else:
                     tree = parse_form(query) if query else {}
             expand_json_strings(tree)
+            if iface.msg_filter is not None or iface.dlr_filter is not None or type(tree) is list:
+                return self._render_events(request, iface, tree, source, path)
             fields = extract(iface, tree)
         except FieldError as e:  # 400, or 415 for a body in a format not read here
             return self._refuse(request, e.status, BAD_REQUEST, source, path, str(e))
@@ -721,6 +1039,8 @@ class WebhookResource(Resource):
             return self._refuse(request, 400, BAD_REQUEST, source, path, f"unsafe value: {e}")
 
         message = make_message(iface, fields)
+        if fields.dropped_media:
+            self._dropped_media(fields, message, source)
         d = maybeDeferred(self.accept, [message])
         d.addCallbacks(
             self._stored,
@@ -732,10 +1052,10 @@ class WebhookResource(Resource):
         return NOT_DONE_YET
 
     def _stored(self, results, request, iface, message, source) -> None:
+        # The hot path (one message, one commit): kept free of extra calls.
         new = bool(results[0]) if results else True
         log.info(
-            "webhook: inbound SMS {id} {what} from {source} on interface {interface!r}"
-            " to {recipient} from {sender}",
+            _STORED,
             id=message.id,
             what="stored" if new else "already stored (provider id seen before)",
             source=source,
@@ -752,7 +1072,21 @@ class WebhookResource(Resource):
                 id=message.id,
             )
             return
-        _finish(request, 200, iface.resp_ack.encode("utf-8"), _HTML)
+        ack = self._acks.get(id(iface)) or self._ack(iface)
+        _finish(request, 200, ack[0], ack[1])
+
+    def _log_stored(self, message, new, iface, source) -> None:
+        log.info(
+            _STORED,
+            id=message.id,
+            what="stored" if new else "already stored (provider id seen before)",
+            source=source,
+            interface=iface.name,
+            recipient=message.recipient,
+            sender=message.sender,
+            provider_id=message.provider_id,
+            duplicate=not new,
+        )
 
     def _store_failed(self, failure, request, message, source, path) -> None:
         log.failure(
@@ -761,6 +1095,9 @@ class WebhookResource(Resource):
             id=message.id,
             source=source,
         )
+        self._answer_retry(request, source, path)
+
+    def _answer_retry(self, request, source, path) -> None:
         reason = "the message could not be stored; retry later"
         self.record_refusal(STORE_FAILED, 503, source, path, reason)
         if _gone(request):
@@ -775,6 +1112,179 @@ class WebhookResource(Resource):
                 _finish(request, 500, b"internal error\n", _TEXT)
             except Exception:
                 pass
+
+    def _ack(self, iface: InboundInterface) -> Tuple[bytes, bytes]:
+        """(resp_ack, resp_type) of an interface, encoded once."""
+        ack = self._acks.get(id(iface))
+        if ack is None:
+            ack = (iface.resp_ack.encode("utf-8"), iface.resp_type.encode("utf-8"))
+            self._acks[id(iface)] = ack
+        return ack
+
+    def _dropped_media(self, fields, message, source) -> None:
+        log.warn(
+            "webhook: {count} media link(s) of SMS {id} from {source} left out"
+            " (not http(s), too long, or too many)",
+            count=fields.dropped_media,
+            id=message.id,
+            source=source,
+        )
+
+    # -- events: batches, filters, delivery reports ------------------------------------
+
+    def _render_events(self, request, iface, tree, source, path):
+        """A request as events (one, or a JSON array of them): messages, delivery
+        reports and events to ignore."""
+        events = events_of(tree)
+        messages: List[Message] = []
+        reports: List[Report] = []
+        refused: List[Tuple[int, str]] = []
+        for event in events:
+            kind = classify(iface, event)
+            try:
+                if kind == MESSAGE:
+                    fields = extract(iface, event)
+                    message = make_message(iface, fields)
+                    if fields.dropped_media:
+                        self._dropped_media(fields, message, source)
+                    messages.append(message)
+                    continue
+                outcome = extract_report(iface, event) if kind == REPORT else _NO_FILTER
+            except FieldError as e:
+                refused.append((e.status, str(e)))
+                continue
+            except UnsafeValue as e:
+                refused.append((400, f"unsafe value: {e}"))
+                continue
+            if isinstance(outcome, Report) and self.report is None:
+                outcome = _NO_REPORT_SINK
+            if isinstance(outcome, Report):
+                reports.append(outcome)
+            else:
+                self.record_ignored(outcome, source, path, iface)
+        if refused:
+            if not messages and not reports:
+                status, reason = refused[0]
+                more = f" (and {len(refused) - 1} more events)" if len(refused) > 1 else ""
+                return self._refuse(request, status, BAD_REQUEST, source, path, reason + more)
+            for status, reason in refused:
+                self.record_refusal(
+                    BAD_REQUEST, status, source, path,
+                    f"{_short(reason, 250)} (one event of {len(events)}; the others were taken)",
+                )
+        if not messages and not reports:
+            body, content_type = self._ack(iface)
+            return _answer(request, 200, body, content_type)
+
+        work = []
+        if messages:
+            work.append(maybeDeferred(self.accept, messages))
+        for r in reports:
+            work.append(maybeDeferred(self.report, r.provider_id, r.status, r.detail))
+        d = DeferredList(work, consumeErrors=True)
+        d.addCallback(self._events_done, request, iface, messages, reports, source, path)
+        d.addErrback(self._bug, request)
+        return NOT_DONE_YET
+
+    def _events_done(self, results, request, iface, messages, reports, source, path) -> None:
+        failed = False
+        outcomes = iter(results)
+        if messages:
+            ok, value = next(outcomes)
+            if ok:
+                for message, new in zip(messages, list(value) + [True] * len(messages)):
+                    self._log_stored(message, bool(new), iface, source)
+            else:
+                failed = True
+                log.failure(
+                    "webhook: could not store {count} inbound SMS from {source}",
+                    value,
+                    count=len(messages),
+                    source=source,
+                )
+        for r, (ok, value) in zip(reports, outcomes):
+            if not ok:
+                failed = True
+                log.failure(
+                    "webhook: could not record a delivery report from {source}",
+                    value,
+                    source=source,
+                    provider_id=r.provider_id,
+                )
+                continue
+            self.reports[r.status if value is not None else "unknown"] += 1
+            log.info(
+                "webhook: delivery report from {source} on interface {interface!r}:"
+                " provider message {provider_id} {status} ({detail}){unknown}",
+                source=source,
+                interface=iface.name,
+                provider_id=r.provider_id,
+                status=r.status,
+                detail=r.detail,
+                message_id=value,
+                unknown="" if value is not None else "; no message has that id",
+            )
+        if failed:
+            self._answer_retry(request, source, path)
+            return
+        if _gone(request):
+            log.info("webhook: {source} went away before it was acknowledged", source=source)
+            return
+        _finish(request, 200, *self._ack(iface))
+
+    def record_ignored(self, ignored: Ignored, source: str, path: str, iface=None) -> None:
+        """Count, remember and log one event acknowledged but not taken."""
+        path = _short(path)
+        self.ignored[ignored.reason] += 1
+        self.recent_ignored.append(
+            {
+                "time": self._now(),
+                "source": source,
+                "path": path,
+                "reason": ignored.reason,
+                "detail": ignored.detail,
+            }
+        )
+        log.info(
+            "webhook: ignored an event from {source} for {path}: {reason}{detail}",
+            source=source,
+            path=path,
+            reason=ignored.reason,
+            detail=f" ({ignored.detail})" if ignored.detail else "",
+            interface=None if iface is None else iface.name,
+        )
+
+    # -- signed webhooks -----------------------------------------------------------------
+
+    def _signature_problem(self, request, iface, body: bytes) -> Optional[str]:
+        """None if the request is signed as iface.sig_method says, else why not."""
+        headers = {
+            name.decode("latin-1").lower(): values[0].decode("latin-1")
+            for name, values in request.requestHeaders.getAllRawHeaders()
+            if values
+        }
+        uri = request.uri.decode("utf-8", "replace")
+        if iface.sig_url:
+            url = iface.sig_url + uri
+        else:
+            # No public URL configured: the one the client asked for, as it asked.
+            host = headers.get("host") or ""
+            url = ("https://" if request.isSecure() else "http://") + host + uri
+        try:
+            signatures.verify(
+                iface.sig_method,
+                iface.sig_secret,
+                http_method=request.method.decode("latin-1"),
+                url=url,
+                headers=headers,
+                body=body,
+                content_type=headers.get("content-type"),
+                now=self._now(),
+                tolerance=iface.sig_tolerance,
+            )
+        except signatures.SignatureError as e:
+            return str(e)
+        return None
 
     # -- refusals --------------------------------------------------------------------
 
