@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from websmsd import presets
 from websmsd.settings import (
     AstQueueSettings,
     DaemonSettings,
@@ -35,7 +36,9 @@ from websmsd.settings import (
     Settings,
 )
 
-__all__ = ["ConfigError", "load", "loads", "report", "parse_ini", "resp_check_pattern"]
+__all__ = [
+    "ConfigError", "load", "loads", "report", "parse_ini", "resp_check_pattern", "webhook_url",
+]
 
 
 # ---------------------------------------------------------------------------------------
@@ -531,6 +534,17 @@ def _public_url(text: str, note: Note) -> Optional[str]:
     return text.rstrip("/")
 
 
+def _preset_name(text: str, note: Note) -> Optional[str]:
+    if not text:
+        return None  # `preset = ""` (or an unquoted none): no preset
+    preset = presets.get(text)
+    if preset is None:
+        close = difflib.get_close_matches(text.strip().lower(), presets.NAMES, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ValueError(f"unknown preset {text!r}{hint} (known presets: {', '.join(presets.NAMES)})")
+    return preset.name
+
+
 def _numform(text: str, note: Note) -> Optional[str]:
     if not text:
         return None
@@ -928,6 +942,7 @@ _OUTBOUND_KEYS = _keys(
     _Key("auth_scheme", _optional_text),
     _Key("resp_id", _path),
     _Key("num_country", _country),
+    _Key("preset", _preset_name),
 )
 
 _PROXY_NOT_INDEXABLE = (
@@ -958,6 +973,7 @@ _INBOUND_KEYS = _keys(
     _Key("sig_secret", _optional_text),
     _Key("sig_url", _public_url),
     _Key("sig_tolerance", _duration),
+    _Key("preset", _preset_name),
     _Key("prox_addr", _proxy_networks, ("proxy_addr",), _PROXY_NOT_INDEXABLE, reads_booleans=True),
     _Key("prox_header", _proxy_header, ("proxy_header",), _PROXY_NOT_INDEXABLE, reads_booleans=True),
 )
@@ -1157,6 +1173,77 @@ def _which(interface: str) -> str:
     return f" (interface {interface!r})" if interface else ""
 
 
+# -- presets -----------------------------------------------------------------------------
+
+
+def _reads_for(settings: Mapping[str, _Setting], interface: str) -> Dict[str, _Read]:
+    """What the file says for interface `interface`, by settings name."""
+    reads = {}
+    for name, setting in settings.items():
+        read = setting.for_interface(interface)
+        if read is not None:
+            reads[name] = read
+    return reads
+
+
+def _with_preset(
+    section: str, settings: Mapping[str, _Setting], interface: str, context: _Context
+) -> Dict[str, _Read]:
+    """The file's values for `interface`, completed by its preset: every key the preset
+    defines and the file does not give for this interface (plainly or with its index) is
+    read from the preset's text, with the file's readers, as if written on the preset's
+    line.  A value written empty (`key = ""`) is given: it overrides the preset too."""
+    reads = _reads_for(settings, interface)
+    chosen = reads.get("preset")
+    if chosen is None or chosen.value is None:
+        return reads
+    preset = presets.PRESETS[chosen.value]
+    texts = preset.section(section)
+    if not texts:
+        raise context.error(
+            chosen.line, chosen.label,
+            f"preset {preset.name} ({preset.title}) has nothing for [{section}]"
+            f"{_which(interface)}; remove it there",
+        )
+    keys = _SECTION_KEYS[section]
+    auth_user = reads["auth_user"].value if "auth_user" in reads else None
+    for name, text in texts.items():
+        if name in reads:
+            continue
+        if presets.AUTH_USER in text:
+            if not auth_user:
+                raise context.error(
+                    chosen.line, chosen.label,
+                    f"preset {preset.name} builds {name} from auth_user ({preset.auth_user});"
+                    f" set auth_user{_which(interface)}",
+                )
+            text = presets.fill(text, auth_user)
+        label = f"{name} (preset {preset.name})"
+        reads[name] = _convert(keys[name], label, IniValue(text, chosen.line), context)
+    return reads
+
+
+def _warn_preset_needs(
+    section: str, reads: Mapping[str, _Read], interface: str, context: _Context
+) -> None:
+    chosen = reads.get("preset")
+    if chosen is None or chosen.value is None:
+        return
+    preset = presets.PRESETS[chosen.value]
+    for name, hint in preset.needs(section).items():
+        if name not in reads:
+            context.warn(
+                chosen.line, chosen.label,
+                f"preset {preset.name} needs {name} = {hint}; without it every"
+                f" {'message' if section == 'websms' else 'webhook'} fails{_which(interface)}",
+            )
+
+
+def _fields_of(reads: Mapping[str, _Read], target: type) -> Dict[str, Any]:
+    names = {spec.name for spec in dataclasses.fields(target)}
+    return {name: read.value for name, read in reads.items() if name in names}
+
+
 # -- [websms] ----------------------------------------------------------------------------
 
 _CREDENTIALS = {
@@ -1176,31 +1263,29 @@ def _outbound(section: Optional[IniSection], context: _Context) -> OutboundSetti
     names = list(_interface_names(settings)) or [""]
     interfaces = []
     for name in names:
-        interface = OutboundInterface(name=name, **_values_for(settings, name, OutboundInterface))
-        interfaces.append(_check_credentials(interface, settings, section, context))
+        reads = _with_preset("websms", settings, name, context)
+        interface = OutboundInterface(name=name, **_fields_of(reads, OutboundInterface))
+        interfaces.append(_check_credentials(interface, reads, section, context))
+        _warn_preset_needs("websms", reads, name, context)
     return OutboundSettings(tuple(interfaces))
 
 
 def _check_credentials(
     interface: OutboundInterface,
-    settings: Mapping[str, _Setting],
+    reads: Mapping[str, _Read],
     section: IniSection,
     context: _Context,
 ) -> OutboundInterface:
     """Refuse an auth_method whose credentials are incomplete (PHP sent such requests
-    without authentication and logged a warning each time)."""
+    without authentication and logged a warning each time).  `reads`: what the file (or
+    the interface's preset) says for this interface."""
     needed = _CREDENTIALS.get(interface.auth_method, ())
     # PHP tests them with empty(), for which "0" is as unset as "" (http/itsp.py too).
     missing = [name for name in needed if getattr(interface, name) in (None, "", "0")]
     if not missing:
         return interface
-    method_setting = settings.get("auth_method")
-    method = method_setting.for_interface(interface.name) if method_setting else None
-    given = [
-        settings[name].for_interface(interface.name)
-        for name in needed
-        if name not in missing and name in settings
-    ]
+    method = reads.get("auth_method")
+    given = [reads[name] for name in needed if name not in missing and name in reads]
     if method is None and not given:
         # Nothing about authentication at all, e.g. an outbound side nobody uses: the
         # default basic has nothing to send, so say plainly that there is no auth.
@@ -1221,15 +1306,36 @@ def _check_credentials(
 # -- [websmsd] ---------------------------------------------------------------------------
 
 
-def _inbound(section: Optional[IniSection], context: _Context) -> InboundSettings:
+@dataclass
+class _InboundLines:
+    """Where [websmsd] said what the webhook-listener checks (in `loads`) point at."""
+
+    remt_addr: Optional[_Read] = None  # the first remt_addr read
+    sig_method: Dict[str, _Read] = field(default_factory=dict)  # by interface
+
+
+def _inbound(
+    section: Optional[IniSection], context: _Context, lines: Optional[_InboundLines] = None
+) -> InboundSettings:
+    lines = _InboundLines() if lines is None else lines
     if section is None:
         return InboundSettings()
     settings = _read_section(section, context)
     names = _interface_names(settings)
-    default = InboundInterface(name="", **_values_for(settings, "", InboundInterface))
+    every_reads = {name: _with_preset("websmsd", settings, name, context) for name in names}
+    default_reads = _with_preset("websmsd", settings, "", context)
+    default = InboundInterface(name="", **_fields_of(default_reads, InboundInterface))
     interfaces = tuple(
-        InboundInterface(name=name, **_values_for(settings, name, InboundInterface)) for name in names
+        InboundInterface(name=name, **_fields_of(every_reads[name], InboundInterface))
+        for name in names
     )
+    for name, reads in (every_reads.items() if names else [("", default_reads)]):
+        _warn_preset_needs("websmsd", reads, name, context)
+        _warn_unsigned(reads, name, context)
+        if "sig_method" in reads and reads["sig_method"].value is not None:
+            lines.sig_method[name] = reads["sig_method"]
+    if "remt_addr" in settings:
+        lines.remt_addr = settings["remt_addr"].reads()[0]
     remt_addr, url_path = settings.get("remt_addr"), settings.get("url_path")
     proxy = {
         name: settings[name].plain.value for name in ("prox_addr", "prox_header") if name in settings
@@ -1247,6 +1353,23 @@ def _inbound(section: Optional[IniSection], context: _Context) -> InboundSetting
     _check_selection_order(url_path, list(names), _paths_overlap, context)
     _warn_unreachable(inbound, interfaces, names, context)
     return inbound
+
+
+def _warn_unsigned(reads: Mapping[str, _Read], interface: str, context: _Context) -> None:
+    method = reads.get("sig_method")
+    if method is None or method.value is None:
+        return
+    secret = reads.get("sig_secret")
+    if secret is None or not secret.value:
+        chosen = reads.get("preset")
+        preset = presets.PRESETS[chosen.value] if chosen and chosen.value else None
+        what = f" ({preset.name}: {preset.sig_secret})" if preset and preset.sig_secret else ""
+        context.warn(
+            method.line, method.label,
+            f"sig_method {method.value} is set but sig_secret is not: every webhook"
+            f"{_which(interface)} is refused (403); give sig_secret{what}, or write"
+            ' sig_method = "" to accept unsigned webhooks',
+        )
 
 
 def _warn_unreachable(
@@ -1359,6 +1482,61 @@ def _daemon(
     return daemon
 
 
+def _loopback_only(listeners: Sequence[str]) -> Optional[str]:
+    """The loopback address every webhook listener is bound to (the address a reverse
+    proxy on this machine connects from), or None if some listener is reachable from
+    elsewhere (or is no TCP listener)."""
+    seen = set()
+    for description in listeners:
+        kind, given = _parse_endpoint(description)
+        interface = given.get("interface", "")
+        if kind not in ("tcp", "tcp6", "ssl") or not interface:
+            return None
+        address = ipaddress.ip_address(interface)
+        if not address.is_loopback:
+            return None
+        seen.add(str(address))
+    return min(seen) if len(seen) == 1 else None
+
+
+def _warn_behind_a_proxy(
+    inbound: InboundSettings, daemon: DaemonSettings, lines: _InboundLines, context: _Context
+) -> None:
+    """Settings that make every webhook fail once the listener sits behind a reverse
+    proxy, the one case where websmsd knows the proxy's address: a listener bound to
+    loopback only is reached through a proxy on this machine (or by no one)."""
+    proxy = _loopback_only(daemon.webhook_listen)
+    if proxy is None:
+        return
+    listener = daemon.webhook_listen[0]
+    address = ipaddress.ip_address(proxy)
+    lists = [inbound.remt_addr_plain] if inbound.remt_addr_plain is not None else []
+    lists += [i.remt_addr for i in inbound.interfaces if inbound.remt_addr_indexed and i.remt_addr]
+    trusted = bool(inbound.proxy_header_name) and _in(address, inbound.prox_addr)
+    if lists and lines.remt_addr and not trusted and not any(_in(address, n) for n in lists):
+        context.warn(
+            lines.remt_addr.line, lines.remt_addr.label,
+            f"the webhook listens on loopback only ({listener}), so requests come from a"
+            f" reverse proxy on {proxy}, which prox_addr does not trust: remt_addr refuses"
+            f" every webhook (403); add {proxy}/{address.max_prefixlen} to prox_addr (the"
+            " proxy must send X-Forwarded-For)",
+        )
+    for name, read in lines.sig_method.items():
+        interface = next((i for i in (*inbound.interfaces, inbound.default) if i.name == name), None)
+        if read.value in ("twilio", "plivo") and interface is not None and not interface.sig_url:
+            context.warn(
+                read.line, read.label,
+                f"the webhook listens on loopback only ({listener}), behind a reverse proxy:"
+                f" {read.value} signs the public URL it calls, which this daemon cannot see;"
+                f" set sig_url to it (https://your.public.host) or every webhook{_which(name)}"
+                " is refused (403)",
+            )
+
+
+def _in(address: Any, networks: Sequence[Network]) -> bool:
+    return any(address.version == n.version and address in n for n in networks)
+
+
 def _webhook_from_port(port: Optional[str], context: _Context) -> Tuple[str, ...]:
     """WEBSMSD_PORT as the PHP service used it: `php -S 0.0.0.0:$WEBSMSD_PORT` when it is
     numeric, no web server at all when it is undefined or not numeric."""
@@ -1415,9 +1593,11 @@ def loads(
             )
     sections = ini.sections
     outbound = _outbound(sections.get("websms"), context)
-    inbound = _inbound(sections.get("websmsd"), context)
+    lines = _InboundLines()
+    inbound = _inbound(sections.get("websmsd"), context, lines)
     astqueue = _astqueue(sections.get("astqueue"), context)
     daemon = _daemon(sections.get("daemon"), environ, context)
+    _warn_behind_a_proxy(inbound, daemon, lines, context)
     if not path.startswith("<"):
         base = os.path.dirname(os.path.abspath(path))
         outbound, astqueue, daemon = _relative_to(base, outbound, astqueue, daemon)
@@ -1468,20 +1648,29 @@ _MASK = "****"
 
 
 def report(settings: Settings) -> str:
-    """The effective settings of every section and interface, then the warnings."""
-    lines = [f"websmsd check-config: {settings.path}"]
+    """The effective settings of every section and interface, then the warnings.
+
+    Each value says where it came from: unmarked, the file; `(preset NAME)`, the
+    interface's preset (also when the file repeats the preset's value); `(default)`.
+    Each webhook interface begins with the URL to give the provider."""
+    lines = [
+        f"websmsd check-config: {settings.path}",
+        "(values are as the file gives them, unless marked (preset NAME) or (default))",
+    ]
 
     for interface in settings.outbound.interfaces:
         lines += ["", f"[websms] {_interface_title(interface.name)}"]
-        lines += _fields(interface, skip=("name",))
+        lines += _fields(interface, skip=("name",), preset=_preset_values("websms", interface))
 
     inbound = settings.inbound
     for interface in inbound.interfaces:
         lines += ["", f"[websmsd] {_interface_title(interface.name)}"]
-        lines += _fields(interface, skip=("name",))
+        lines += _webhook_lines(settings, interface)
+        lines += _fields(interface, skip=("name",), preset=_preset_values("websmsd", interface))
     if inbound.interfaces != (inbound.default,):
         lines += ["", "[websmsd] default interface (when remt_addr and url_path choose none)"]
-        lines += _fields(inbound.default, skip=("name",))
+        lines += _fields(inbound.default, skip=("name",),
+                         preset=_preset_values("websmsd", inbound.default))
     lines += ["", "[websmsd] selection"] + [f"    {rule}" for rule in _selection_rules(inbound)]
     lines += _fields(inbound, only=("prox_addr", "prox_header"))
 
@@ -1497,17 +1686,96 @@ def _interface_title(name: str) -> str:
     return f"interface {name!r}" if name else "interface '' (the only one)"
 
 
-def _fields(obj: Any, skip: Sequence[str] = (), only: Optional[Sequence[str]] = None) -> List[str]:
-    """`name = value` for each field, marked when it is the default."""
+def _fields(obj: Any, skip: Sequence[str] = (), only: Optional[Sequence[str]] = None,
+            preset: Optional[Tuple[str, Mapping[str, Any]]] = None) -> List[str]:
+    """`name = value` for each field, marked when it is the preset's or the default.
+
+    `preset` is (name, the values that preset gives this object)."""
     out = []
     for spec in dataclasses.fields(obj):
         if spec.name in skip or (only is not None and spec.name not in only):
             continue
         value = getattr(obj, spec.name)
         default = spec.default if spec.default is not dataclasses.MISSING else None
-        mark = "  (default)" if value is not None and value == default else ""
+        if preset is not None and spec.name in preset[1] and preset[1][spec.name] == value:
+            mark = f"  (preset {preset[0]})"
+        elif value is not None and value == default:
+            mark = "  (default)"
+        else:
+            mark = ""
         out.append(f"    {spec.name} = {_show(spec.name, value)}{mark}")
     return out
+
+
+def _preset_values(section: str, interface: Any) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """(name, typed values) of the preset an interface names, read as `loads` read them."""
+    preset = presets.PRESETS.get(interface.preset or "")
+    if preset is None:
+        return None
+    keys = _SECTION_KEYS[section]
+    values = {}
+    for name, text in preset.section(section).items():
+        try:
+            values[name] = keys[name].read(presets.fill(text, getattr(interface, "auth_user", None)),
+                                           lambda message: None)
+        except ValueError:  # pragma: no cover - loads refused such a file already
+            continue
+    return preset.name, values
+
+
+# -- the webhook URL to give the provider ------------------------------------------------
+
+PUBLIC_ADDRESS = "<this machine's public address>"
+
+
+def webhook_url(settings: Settings, interface: InboundInterface) -> Tuple[Optional[str], List[str]]:
+    """The URL a provider must call to reach `interface`, and notes about it.
+
+    Built from the first webhook_listen endpoint (http for tcp, https for ssl) and the
+    interface's first url_path (else "/"); the host is sig_url's when set (the public
+    URL behind a reverse proxy), else a placeholder for this machine's address.  None
+    when nothing listens.  The notes say what stands in the provider's way."""
+    listeners = settings.daemon.webhook_listen
+    preset = presets.PRESETS.get(interface.preset or "")
+    path = interface.url_path[0] if interface.url_path else "/"
+    suffix = preset.url_suffix if preset else ""
+    if not listeners:
+        return None, ['nothing listens for webhooks: set webhook_listen (e.g. "tcp:8080")'
+                      " or WEBSMSD_PORT"]
+    kind, given = _parse_endpoint(listeners[0])
+    notes = []
+    if interface.sig_url:
+        url = interface.sig_url + path + suffix
+        notes.append("sig_url is the public URL (a reverse proxy forwards it here)")
+    elif kind in ("tcp", "tcp6", "ssl"):
+        scheme = "https" if kind == "ssl" else "http"
+        url = f"{scheme}://{PUBLIC_ADDRESS}:{given['port']}{path}{suffix}"
+    else:
+        url = f"https://{PUBLIC_ADDRESS}{path}{suffix}"
+        notes.append(f"{listeners[0]} is reached through a reverse proxy: give its URL")
+    proxy = _loopback_only(listeners)
+    if proxy is not None:
+        if interface.sig_url:
+            notes.append(f"the listener is bound to loopback ({proxy}) behind that proxy")
+        else:
+            notes.append(
+                f"the listener is bound to loopback only ({listeners[0]}): the provider"
+                " cannot reach it; fine behind a reverse proxy on this machine, then give the"
+                " proxy's public URL (and set sig_url to it when signatures are checked)")
+    elif kind in ("tcp", "tcp6") and not interface.sig_url:
+        notes.append("plain http: texts cross the internet unencrypted; prefer an ssl:"
+                     " listener or a TLS reverse proxy")
+    return url, notes
+
+
+def _webhook_lines(settings: Settings, interface: InboundInterface) -> List[str]:
+    url, notes = webhook_url(settings, interface)
+    lines = [f"    webhook URL for the provider: {url if url else '(none)'}"]
+    preset = presets.PRESETS.get(interface.preset or "")
+    if preset and preset.portal:
+        lines.append(f"      where: {preset.title}: {preset.portal}")
+    lines += [f"      note: {note}" for note in notes]
+    return lines
 
 
 def _show(name: str, value: Any) -> str:
