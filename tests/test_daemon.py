@@ -331,3 +331,19 @@ def test_delivery_report_updates_the_sent_message(make_daemon, fake_itsp):
     assert d.rows("SELECT status FROM reports") == [("delivered",)]
     time.sleep(0.3)
     assert d.callfiles() == []  # a report never becomes a call file
+
+
+def test_ignored_events_and_reports_show_in_metrics_and_status(make_daemon):
+    d = make_daemon(websmsd='msg_filter = "type=message"\ndlr_filter = "type=dlr"\n'
+                            "dlr_id = id\ndlr_status = status")
+    for payload in ({"type": "typing"}, {"type": "dlr", "id": "nope", "status": "delivered"}):
+        code, _ = status_and_body(curl("-H", "Content-Type: application/json",
+                                       "--data-binary", json.dumps(payload), d.webhook_url + "/"))
+        assert code == 200
+    code, metrics = status_and_body(curl(d.api_url + "/metrics"))
+    assert code == 200
+    assert 'websmsd_webhook_ignored_total{reason=' in metrics
+    assert "websmsd_delivery_reports_total{status=\"unknown\"} 1" in metrics
+    code, status = status_and_body(curl(d.api_url + "/api/status"))
+    webhook = json.loads(status)["webhook"]
+    assert sum(webhook["ignored"].values()) == 1 and webhook["reports"] == {"unknown": 1}

@@ -246,3 +246,15 @@ def test_a_message_cancelled_after_it_was_found_due_is_not_sent(world):
     world.clock.advance(0)
     assert world.itsp.sent == []
     assert row(world, m.id).status == "cancelled"
+
+
+def test_written_numbers_are_compacted_when_the_interface_knows_its_country(world):
+    us = OutboundSettings((OutboundInterface(name="us", num_country="US"),))
+    world.outbox.outbound = world.dispatcher._sinks[OUT].outbound = us
+    world.itsp.outcomes = [OK]
+    d = world.outbox.submit("(206) 555-0100", "+1666", "hello")
+    world.clock.advance(0)
+    assert result(d).status == "SENT"
+    assert world.itsp.sent == [("us", "2065550100", "+1666", "hello")]
+    world.outbox.outbound = OutboundSettings((OutboundInterface(name="plain"),))
+    assert result(world.outbox.submit("(206) 555-0100", "+1666", "x")).status == "FAILED"

@@ -97,6 +97,14 @@ def test_twilio_tampered():
     refused("no X-Twilio-Signature header", "twilio", TWILIO_TOKEN, url=TWILIO_URL, body=body)
 
 
+def test_signalwire_header_is_read_like_twilio():
+    body = urlencode(TWILIO_PARAMS).encode()
+    check("twilio", TWILIO_TOKEN, url=TWILIO_URL, body=body,
+          headers={"X-SignalWire-Signature": TWILIO_SIGNATURE})
+    refused("X-SignalWire-Signature does not match|does not match", "twilio", "54321",
+            url=TWILIO_URL, body=body, headers={"X-SignalWire-Signature": TWILIO_SIGNATURE})
+
+
 def test_twilio_default_port_either_way():
     body = urlencode(TWILIO_PARAMS).encode()
     headers = {"X-Twilio-Signature": TWILIO_SIGNATURE}

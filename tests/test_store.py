@@ -103,6 +103,7 @@ def test_reports_move_a_message_forward_only(store):
     assert result(store.report("P-1", "delivered")) == m.id
     assert result(store.report("P-1", "sent")) == m.id  # late, out of order
     assert result(store.get(m.id)).status == "delivered"
+    assert result(store.report("P-1", "delivered")) == m.id  # resent by the provider
     assert [r[1] for r in result(store.reports(m.id))] == ["delivered", "sent"]
     assert result(store.report("unknown", "delivered")) is None
     f = msg(direction=OUT, provider_id="P-2", status="sent")

@@ -31,10 +31,11 @@ class Outbox:
 
     def check(self, to: str, sender: str, body: str, index: Optional[str]) -> Optional[str]:
         """Why this message cannot be sent, or None."""
-        if self.outbound.select(index or "") is None:
+        iface = self.outbound.select(index or "")
+        if iface is None:
             return f"no [websms] interface named {index!r}"
         try:
-            check_recipient(to)
+            check_recipient(_compact(to) if iface.num_country else to)
             check_sender(sender)
         except UnsafeValue as e:
             return str(e)
@@ -53,6 +54,10 @@ class Outbox:
             log.warn("outbound message refused: {reason}", reason=problem)
             return Submitted("FAILED", None, problem)
         iface = self.outbound.select(index or "")
+        if iface.num_country:
+            # "(206) 555-0100" is a fine number once the interface knows its country; the
+            # ITSP request normalises it to E.164 (and refuses what cannot be a number).
+            to = _compact(to)
         m = Message(OUT, iface.name, to, sender, body, channel=channel)
         m.created = self.reactor.seconds()
         yield self.store.add([m])
@@ -73,3 +78,8 @@ class Outbox:
         if status == FAILED:
             return Submitted("FAILED", m.id, reason)
         return Submitted("QUEUED", m.id, reason)
+
+
+def _compact(number: str) -> str:
+    """A number as people write it, without its punctuation: (206) 555-0100 -> 2065550100."""
+    return "".join(ch for ch in number if ch not in " ()-./")

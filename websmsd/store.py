@@ -347,10 +347,16 @@ class Store:
             if row is None:
                 return None
             message_id, current = row
-            db.execute(
-                "INSERT INTO reports (message_id, at, status, detail) VALUES (?, ?, ?, ?)",
-                (message_id, now, status, detail),
-            )
+            # Providers resend reports (and whole batches of events): keep each once.
+            seen = db.execute(
+                "SELECT 1 FROM reports WHERE message_id = ? AND status = ? AND detail IS ?",
+                (message_id, status, detail),
+            ).fetchone()
+            if seen is None:
+                db.execute(
+                    "INSERT INTO reports (message_id, at, status, detail) VALUES (?, ?, ?, ?)",
+                    (message_id, now, status, detail),
+                )
             if _REPORT_RANK.get(status, -1) > _REPORT_RANK.get(current, -1):
                 db.execute(
                     "UPDATE messages SET status = ?, reason = ?, updated = ? WHERE id = ?",

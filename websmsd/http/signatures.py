@@ -196,7 +196,11 @@ def _default_port_variants(url: str) -> List[str]:
 
 
 def _twilio(secret, http_method, url, headers, body, media, now, tolerance) -> None:
-    signature = _header(headers, "X-Twilio-Signature")
+    # SignalWire's compatibility API signs the same way under its own header name.
+    if not headers.get("x-twilio-signature") and headers.get("x-signalwire-signature"):
+        signature = _header(headers, "X-SignalWire-Signature")
+    else:
+        signature = _header(headers, "X-Twilio-Signature")
     if _is_json(media):
         expected_hash = dict(_query_pairs(url)).get("bodySHA256")
         if not expected_hash:

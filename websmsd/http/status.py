@@ -302,10 +302,17 @@ class StatusModel:
 
     def refusals(self) -> dict:
         if self.webhook is None:
-            return {"refusals": {}, "recent": []}
+            return {"refusals": {}, "ignored": {}, "reports": {}, "recent": []}
         recent = list(self.webhook.recent_refusals)[-RECENT_REFUSALS:]
         recent.reverse()
+        # Events acknowledged but not stored (other event types a provider posts to the
+        # same URL), and delivery reports by outcome: most "my webhooks never arrive"
+        # questions are answered by one of these three counters.
+        ignored = getattr(self.webhook, "ignored", {})
+        reports = getattr(self.webhook, "reports", {})
         return {"refusals": dict(sorted(self.webhook.refusals.items())),
+                "ignored": dict(sorted(ignored.items())),
+                "reports": dict(sorted(reports.items())),
                 "recent": [{k: r.get(k) for k in ("time", "kind", "status", "source",
                                                    "path", "reason")} for r in recent]}
 
@@ -355,6 +362,15 @@ class StatusModel:
         for kind in sorted(set(REFUSAL_KINDS) | set(refusals)):
             f.add(refusals.get(kind, 0), reason=kind)
         families.append(f)
+        for name, attr, label, text in (
+                ("websmsd_webhook_ignored_total", "ignored", "reason",
+                 "Webhook events acknowledged but neither a message nor a report."),
+                ("websmsd_delivery_reports_total", "reports", "status",
+                 "Delivery reports received, by the status they reported.")):
+            f = Family(name, "counter", text)
+            for key, n in sorted(getattr(self.webhook, attr, {}).items()):
+                f.add(n, **{label: key})
+            families.append(f)
         families.append(Family("websmsd_callfiles_handed_over_total", "counter",
                                "Call files handed over to Asterisk since start.")
                         .add(getattr(self.calls, "handed_over", 0)))
@@ -592,6 +608,11 @@ class Page:
         counts = snapshot["webhook"]["refusals"]
         summary = join(fill("<li>$kind: <strong>$n</strong></li>", kind=k, n=n)
                        for k, n in counts.items()) or Safe("<li>none since start</li>")
+        extra = [fill("<li>ignored ($kind): <strong>$n</strong></li>", kind=k, n=n)
+                 for k, n in snapshot["webhook"].get("ignored", {}).items()]
+        extra += [fill("<li>delivery reports ($kind): <strong>$n</strong></li>", kind=k, n=n)
+                  for k, n in snapshot["webhook"].get("reports", {}).items()]
+        summary = join([summary] + extra)
         rows = [fill("<tr><td>$time</td><td>$source</td><td>$path</td><td>$status</td>"
                      "<td>$kind</td><td class=\"detail\">$reason</td></tr>\n",
                      time=_when(r["time"], now), source=r["source"], path=r["path"],
