@@ -42,7 +42,8 @@ class RetryPolicy:
             or now - message.created >= self.max_age
         ):
             if not permanent:
-                reason = f"gave up after {attempts} attempts: {reason}"
+                tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+                reason = f"gave up after {tries}: {reason}"
             return {"status": FAILED, "reason": reason, "attempts": attempts}
         return {
             "status": QUEUED,
