@@ -188,3 +188,27 @@ def test_a_failed_commit_fails_every_operation_of_the_batch(tmp_path):
     assert s._db.execute("SELECT COUNT(*) FROM reports").fetchone()[0] == 0
     s._queue.put(None)
     s._thread.join()
+
+
+def test_one_failing_operation_fails_alone(tmp_path):
+    s = Store(str(tmp_path / "i.sqlite3"), ThreadReactor())
+    s.open()
+    result_of_add = []
+    s._inline = True  # add the parent rows synchronously
+    s.add([msg(id="x" * 20)]).addBoth(result_of_add.append)
+    s._inline = False
+
+    def good(db):
+        db.execute("INSERT INTO reports VALUES ('xxxxxxxxxxxxxxxxxxxx', 1, 'ok', NULL)")
+        return "fine"
+
+    def bad(db):
+        db.execute("INSERT INTO reports VALUES ('xxxxxxxxxxxxxxxxxxxx', 1, 'half', NULL)")
+        raise ValueError("a bug")
+
+    results = s._run_batch(s._db, [(good, None, ""), (bad, None, ""), (good, None, "")])
+    assert [(ok, value if ok else str(value)) for _, ok, value, _ in results] == [
+        (True, "fine"), (False, "a bug"), (True, "fine")]
+    assert s._db.execute("SELECT status FROM reports").fetchall() == [("ok",), ("ok",)]
+    s._queue.put(None)
+    s._thread.join()

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
@@ -99,7 +99,7 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
     spool = CallFileSpool(settings.astqueue)
     calls = CallFileSink(store, dispatcher, spool, settings.astqueue, policy, reactor,
                          poll=d.spool_poll)
-    dispatcher.add_sink(IN, calls)
+    dispatcher.add_sink(IN, calls, linger=0.02)
     client = ITSPClient(reactor, timeout=d.http_timeout)
     _on_stop(top, client.close)
     measured = MeasuredClient(client, metrics.send_seconds, reactor.seconds)
@@ -115,6 +115,8 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
     webhook = WebhookResource(settings.inbound, store.add, max_body=d.max_body,
                               report=store.report)
     webhook_site = make_site(webhook, d.max_body)
+    summary = TimerService(60, webhook.log_summary)
+    summary.setServiceParent(top)
     for description in d.webhook_listen:
         svc = _listen(top, reactor, _tls_endpoint(description, settings), webhook_site,
                       "webhook")

@@ -197,7 +197,8 @@ class InboundSettings:
         allow-list for every request, and when indexed selects the last matching index;
         then url_path is tested, against the selected interface only if one was chosen.
         """
-        addr = parse_address(client)
+        # Parsed only when an allow-list needs it (most installations have none).
+        addr = parse_address(client) if (self.remt_addr_indexed or self.remt_addr_plain) else None
         chosen: Optional[InboundInterface] = None
         if self.remt_addr_indexed:
             for iface in self.interfaces:

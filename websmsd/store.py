@@ -71,6 +71,10 @@ class StoreError(Exception):
     pass
 
 
+class _OperationFailed(Exception):
+    """An operation of a batch raised: the batch is run again, isolating each."""
+
+
 class Store:
     """SQLite message store with a single writer thread and group commit.
 
@@ -203,22 +207,13 @@ class Store:
                 return
 
     def _run_batch(self, db: sqlite3.Connection, batch: list) -> list:
-        results = []
         try:
-            db.execute("BEGIN IMMEDIATE")
-            for fn, d, kind in batch:
-                # A savepoint per operation: one that fails (a bug, a constraint) fails
-                # alone; the others still commit.
-                db.execute("SAVEPOINT op")
-                try:
-                    value = fn(db)
-                except Exception as e:
-                    db.execute("ROLLBACK TO op")
-                    results.append((d, False, e, kind))
-                else:
-                    results.append((d, True, value, kind))
-                db.execute("RELEASE op")
-            db.execute("COMMIT")
+            try:
+                return self._transaction(db, batch, isolate=False)
+            except _OperationFailed:
+                # One operation failed (a bug, a constraint): run the batch again with a
+                # savepoint around each, so that it fails alone and the others commit.
+                return self._transaction(db, batch, isolate=True)
         except Exception as e:  # the commit itself failed (disk full, I/O error...)
             try:
                 if db.in_transaction:
@@ -226,6 +221,29 @@ class Store:
             except Exception:
                 pass
             return [(d, False, StoreError(f"commit failed: {e}"), kind) for fn, d, kind in batch]
+
+    @staticmethod
+    def _transaction(db: sqlite3.Connection, batch: list, isolate: bool) -> list:
+        results = []
+        db.execute("BEGIN IMMEDIATE")
+        for fn, d, kind in batch:
+            if not isolate:
+                try:
+                    results.append((d, True, fn(db), kind))
+                except Exception as e:
+                    db.execute("ROLLBACK")
+                    raise _OperationFailed() from e
+                continue
+            db.execute("SAVEPOINT op")
+            try:
+                value = fn(db)
+            except Exception as e:
+                db.execute("ROLLBACK TO op")
+                results.append((d, False, e, kind))
+            else:
+                results.append((d, True, value, kind))
+            db.execute("RELEASE op")
+        db.execute("COMMIT")
         return results
 
     def _deliver(self, results: list) -> None:

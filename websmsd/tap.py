@@ -49,4 +49,7 @@ def makeService(options: Options):
     log.info("websmsd reading {path}", path=settings.path)
     for warning in settings.warnings:
         log.warn("{path}: {warning}", path=settings.path, warning=warning)
+    # The store's writer thread and the reactor share the GIL: with the default 5 ms
+    # switch interval a webhook can wait that long behind a commit being prepared.
+    sys.setswitchinterval(0.0005)
     return make_service(settings)
