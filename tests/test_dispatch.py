@@ -258,3 +258,28 @@ def test_written_numbers_are_compacted_when_the_interface_knows_its_country(worl
     assert world.itsp.sent == [("us", "2065550100", "+1666", "hello")]
     world.outbox.outbound = OutboundSettings((OutboundInterface(name="plain"),))
     assert result(world.outbox.submit("(206) 555-0100", "+1666", "x")).status == "FAILED"
+
+
+def test_a_slow_itsp_does_not_hold_up_messages_that_arrive_later(world):
+    first = world.outbox.submit("+1555", "+1666", "slow")
+    world.clock.advance(0)
+    assert len(world.itsp.held) == 1  # the ITSP has not answered the first one
+    world.itsp.outcomes = [OK]
+    second = world.outbox.submit("+1555", "+1666", "fast")
+    world.clock.advance(0)
+    assert result(second).status == "SENT"
+    assert not first.called
+    world.itsp.held[0].callback(OK)
+    world.clock.advance(5)
+    assert result(first).status == "SENT"
+    assert [s[3] for s in world.itsp.sent] == ["slow", "fast"]
+
+
+def test_concurrency_is_bounded(world):
+    for i in range(5):
+        world.outbox.submit("+1555", "+1666", f"m{i}")
+    world.clock.advance(0)
+    assert len(world.itsp.sent) == 2  # the sink's two slots
+    world.itsp.held[0].callback(OK)
+    world.clock.advance(0)
+    assert len(world.itsp.sent) == 3

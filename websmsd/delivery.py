@@ -159,17 +159,16 @@ class ITSPSink:
         self.policy = policy
         self.reactor = reactor
         self.concurrency = concurrency
+        self._slots = defer.DeferredSemaphore(concurrency)
         # Per interface: (time, ok, reason) of the last try, for the status page.
         self.last: Dict[str, Tuple[float, bool, str]] = {}
 
-    def __call__(self, messages: List[Message]) -> defer.Deferred:
-        from twisted.internet.task import Cooperator
+    def deliver_one(self, m: Message) -> defer.Deferred:
+        """Send one message when one of `concurrency` slots is free."""
+        return self._slots.run(self._send, m)
 
-        work = (self._send(m) for m in messages)
-        coop = Cooperator(scheduler=lambda x: self.reactor.callLater(0, x), started=True)
-        return defer.DeferredList(
-            [coop.coiterate(work) for _ in range(self.concurrency)]
-        )
+    def __call__(self, messages: List[Message]) -> defer.Deferred:
+        return defer.DeferredList([self.deliver_one(m) for m in messages])
 
     @defer.inlineCallbacks
     def _send(self, m: Message) -> Any:

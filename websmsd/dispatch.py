@@ -128,6 +128,9 @@ class Dispatcher(Service):
     def _hand_over(self, messages: List[Message], direction: str) -> Any:
         if not messages:
             return False
+        each = getattr(self._sinks[direction], "deliver_one", None)
+        if each is not None:
+            return self._hand_over_each(messages, direction, each)
         flying = self.in_flight[direction]
         ids = [m.id for m in messages]
         flying.update(ids)
@@ -141,6 +144,24 @@ class Dispatcher(Service):
         d.addCallback(lambda _: len(messages) >= self.batch_size)
         return d
 
+    def _hand_over_each(self, messages: List[Message], direction: str, deliver: Any) -> bool:
+        """For a sink that takes messages one by one (`deliver(m) -> Deferred`): each is
+        in flight until its own Deferred fires, and the round ends at once, so that a
+        slow peer does not hold up messages that arrive meanwhile."""
+        flying = self.in_flight[direction]
+        for m in messages:
+            flying.add(m.id)
+            d = defer.maybeDeferred(deliver, m)
+            d.addErrback(self._round_failed, direction)
+            d.addBoth(self._landed, direction, m.id)
+        return len(messages) >= self.batch_size
+
+    def _landed(self, _: Any, direction: str, message_id: str) -> None:
+        # Its outcome is recorded: a retry may now be due at some time; plan for it.
+        self.in_flight[direction].discard(message_id)
+        if self.running and not self._running[direction]:
+            self._plan(direction)
+
     def _round_failed(self, failure: Any, direction: str) -> bool:
         log.failure("dispatcher: {direction} round failed", failure, direction=direction)
         return False
@@ -152,7 +173,11 @@ class Dispatcher(Service):
         if full or self._again[direction]:
             self.wake(direction)
             return
-        d = self.store.next_due(direction)
+        self._plan(direction)
+
+    def _plan(self, direction: str) -> None:
+        """Set the timer for the earliest retry of what is not in flight."""
+        d = self.store.next_due(direction, self.in_flight[direction])
         d.addCallback(self._schedule, direction)
         d.addErrback(self._round_failed, direction)
 

@@ -308,14 +308,18 @@ class Store:
 
         return self._submit(due)
 
-    def next_due(self, direction: str) -> defer.Deferred:
-        """When the earliest waiting message of `direction` is due (None: none waits)."""
+    def next_due(self, direction: str, exclude: Iterable[str] = ()) -> defer.Deferred:
+        """When the earliest waiting message of `direction` not in `exclude` (those in
+        flight) is due; None when none waits."""
+        exclude = set(exclude)
 
         def next_due(db: sqlite3.Connection) -> Optional[float]:
-            return db.execute(
-                "SELECT MIN(next_attempt) FROM messages WHERE direction = ?"
-                " AND status IN ('queued', 'sending')", (direction,)
-            ).fetchone()[0]
+            rows = db.execute(
+                "SELECT id, next_attempt FROM messages WHERE direction = ?"
+                " AND status IN ('queued', 'sending') ORDER BY next_attempt LIMIT ?",
+                (direction, len(exclude) + 1),
+            ).fetchall()
+            return next((when for i, when in rows if i not in exclude), None)
 
         return self._submit(next_due)
 
