@@ -213,6 +213,32 @@ def test_events_of():
         events_of([{}] * 1001)
 
 
+def test_events_wrapped_in_an_object():
+    infobip = {"results": [{"messageId": "a", "from": "385916242493"},
+                           {"messageId": "b", "from": "385916242494"}],
+               "messageCount": 2, "pendingMessageCount": 0}
+    assert [e["messageId"] for e in events_of(infobip, "results")] == ["a", "b"]
+    assert events_of({"other": 1}, "results") == [{"other": 1}]  # not wrapped: one event
+    with pytest.raises(FieldError, match="results"):
+        events_of({"results": [{"a": 1}, "x"]}, "results")
+
+
+def test_infobip_style_wrapped_batch_over_http():
+    # Infobip posts received SMS as {"results": [...], "messageCount": N, ...}
+    # (numbers without "+"); key_events names the array.
+    iface = InboundInterface(name="infobip", key_events="results", key_to="to",
+                             key_from="from", key_body="text", key_id="messageId")
+    hook = Hook(iface)
+    body = json.dumps({"results": [
+        {"messageId": "m-1", "from": "385916242493", "to": "385921004026", "text": "QUIZ one"},
+        {"messageId": "m-2", "from": "385916242493", "to": "385921004026", "text": "QUIZ two"}],
+        "messageCount": 2, "pendingMessageCount": 0}).encode()
+    resp = hook.roundtrip(post("x.json", body=body))
+    assert resp.status == 200
+    [(messages, _)] = hook.sinks.accepts
+    assert [(m.body, m.provider_id) for m in messages] == [("QUIZ one", "m-1"), ("QUIZ two", "m-2")]
+
+
 def test_val_to_for_payloads_without_a_recipient():
     # Bird-style: the event names the sender and the text, not our number.
     iface = InboundInterface(key_from="sender", key_body="text", val_to="+46701234567")

@@ -958,6 +958,7 @@ _INBOUND_KEYS = _keys(
     _Key("resp_ack", _any_text, ("report_success",)),
     _Key("remt_addr", _allow_networks, ("permit_addr", "remote_addr")),
     _Key("url_path", _allow_paths, ("request_uri",)),
+    _Key("key_events", _path),
     _Key("val_to", _optional_text),
     _Key("val_urldecode", _fields_list),
     _Key("key_media", _path),

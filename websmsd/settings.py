@@ -95,6 +95,9 @@ class InboundInterface:
     # webhook carrying the same id are acknowledged again but stored once.
     key_id: Optional[str] = None
     # -- today's ITSPs -----------------------------------------------------------------
+    # Path of the array of events in a body that wraps them (Infobip `results`); a body
+    # that is itself a JSON array of events (Bandwidth) needs no key.
+    key_events: Optional[str] = None
     val_to: Optional[str] = None  # a fixed recipient, for payloads that lack it
     val_urldecode: Tuple[str, ...] = ()  # of "to", "from", "body": URL-decode these
     key_media: Optional[str] = None  # key or path (with * wildcards) of media URLs

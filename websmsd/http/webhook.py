@@ -406,9 +406,19 @@ def make_message(iface: InboundInterface, fields: Fields) -> Message:
     )
 
 
-def events_of(tree: Tree) -> List[Tree]:
-    """The events of a request: the elements of a JSON array of objects, else the
+def events_of(tree: Tree, key_events: Optional[str] = None) -> List[Tree]:
+    """The events of a request: the elements of a JSON array of objects (at the path
+    `key_events` when the provider wraps them, e.g. Infobip's `results`), else the
     request itself."""
+    if key_events is not None:
+        wrapped = _resolve_node(tree, key_events)
+        if type(wrapped) is list:
+            if len(wrapped) > MAX_EVENTS:
+                raise FieldError(f"more than {MAX_EVENTS} events in one request")
+            events = [e for e in wrapped if isinstance(e, dict)]
+            if len(events) != len(wrapped):
+                raise FieldError(f"{key_events} holds something else than event objects")
+            return events
     if type(tree) is list and tree and all(isinstance(e, dict) for e in tree):
         if len(tree) > MAX_EVENTS:
             raise FieldError(f"more than {MAX_EVENTS} events in one request")
@@ -847,6 +857,19 @@ def _collect(tree: Tree, names: set) -> Dict[str, Any]:
     return found
 
 
+def _resolve_node(tree: Tree, path: str) -> Any:
+    """What `path` leads to, container or leaf; None when it leads nowhere."""
+    node: Any = tree
+    for step in path.split("."):
+        if isinstance(node, dict):
+            node = node.get(step)
+        elif isinstance(node, list) and step.isdigit() and step.isascii() and int(step) < len(node):
+            node = node[int(step)]
+        else:
+            return None
+    return node
+
+
 def _resolve_path(tree: Tree, path: str) -> "tuple[bool, Any]":
     node: Any = tree
     for step in path.split("."):
@@ -1034,7 +1057,8 @@ class WebhookResource(Resource):
                 else:
                     tree = parse_form(query) if query else {}
             expand_json_strings(tree)
-            if iface.msg_filter is not None or iface.dlr_filter is not None or type(tree) is list:
+            if (iface.msg_filter is not None or iface.dlr_filter is not None
+                    or iface.key_events is not None or type(tree) is list):
                 return self._render_events(request, iface, tree, source, path)
             fields = extract(iface, tree)
         except FieldError as e:  # 400, or 415 for a body in a format not read here
@@ -1148,7 +1172,7 @@ class WebhookResource(Resource):
     def _render_events(self, request, iface, tree, source, path):
         """A request as events (one, or a JSON array of them): messages, delivery
         reports and events to ignore."""
-        events = events_of(tree)
+        events = events_of(tree, iface.key_events)
         messages: List[Message] = []
         reports: List[Report] = []
         refused: List[Tuple[int, str]] = []
