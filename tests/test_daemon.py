@@ -347,3 +347,21 @@ def test_ignored_events_and_reports_show_in_metrics_and_status(make_daemon):
     code, status = status_and_body(curl(d.api_url + "/api/status"))
     webhook = json.loads(status)["webhook"]
     assert sum(webhook["ignored"].values()) == 1 and webhook["reports"] == {"unknown": 1}
+
+
+def test_unframeable_requests_get_a_reason(make_daemon):
+    d = make_daemon()
+    for raw in (b"GARBAGE\r\n\r\n", b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+                b"POST / HTTP/1.1\r\nBad Header Line\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", d.webhook_port), timeout=5) as s:
+            s.sendall(raw)
+            answer = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 "), answer
+        assert b"malformed" in body
+    assert d.callfiles() == []

@@ -912,7 +912,7 @@ from typing import Callable  # noqa: E402
 
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred  # noqa: E402
 from twisted.logger import Logger  # noqa: E402
-from twisted.web.http import RESPONSES  # noqa: E402
+from twisted.web.http import RESPONSES, HTTPChannel  # noqa: E402
 from twisted.web.server import NOT_DONE_YET, Request, Site  # noqa: E402
 from twisted.web.resource import Resource  # noqa: E402
 
@@ -1537,6 +1537,8 @@ def make_site(
         resource, requestFactory=factory, timeout=timeout, reactor=reactor, logPath=log_path
     )
     site.displayTracebacks = False
+    # Plain HTTP/1.1 (no HTTP/2 negotiation wrapper: nothing here speaks h2).
+    site.protocol = ExplainingHTTPChannel
     if log_path is None and hasattr(resource, "log_summary"):
         # No access log line per webhook: the resource logs refusals one by one and a
         # summary of what it stored (the access line doubled the cost of a request).
@@ -1546,3 +1548,16 @@ def make_site(
 
 def _no_access_log(request) -> None:
     pass
+
+
+class ExplainingHTTPChannel(HTTPChannel):
+    """twisted.web's HTTP/1.1 channel, but a request it cannot even frame (a bad request
+    line, bad headers, an impossible length) is answered with a reason, not a bare 400."""
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        body = b"400 malformed HTTP request (request line, headers or framing)\n"
+        self.transport.write(
+            b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        self.loseConnection()
