@@ -1359,3 +1359,17 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path):
     assert settings.astqueue.outgoingdir == str(tmp_path / "etc" / "var" / "out")
     assert settings.astqueue.stagingdir == "/abs/staging"
     assert settings.daemon.store == str(tmp_path / "db.sqlite3")
+
+
+def test_json_request_shapes_that_cannot_be_built_refuse_to_start():
+    with pytest.raises(ConfigError) as caught:
+        loads("[websms]\nauth_method = none\nencoding = json\nkey_to = a.b\nkey_from = a\n",
+              "x.conf", environ={})
+    assert "cannot be built" in str(caught.value) and "already filled" in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        loads('[websms]\nauth_method = none\nencoding = json\nval_static = "flash:=nope"\n',
+              "x.conf", environ={})
+    assert str(caught.value).startswith("x.conf:4: val_static: the request cannot be built")
+    ok = loads("[websms]\nauth_method = none\nencoding = json\nkey_to = messages.0.to\n"
+               "key_from = messages.0.from\nkey_body = messages.0.body\n", "x.conf", environ={})
+    assert ok.outbound.interfaces[0].key_to == "messages.0.to"

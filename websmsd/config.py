@@ -1266,9 +1266,34 @@ def _outbound(section: Optional[IniSection], context: _Context) -> OutboundSetti
     for name in names:
         reads = _with_preset("websms", settings, name, context)
         interface = OutboundInterface(name=name, **_fields_of(reads, OutboundInterface))
-        interfaces.append(_check_credentials(interface, reads, section, context))
+        interface = _check_credentials(interface, reads, section, context)
+        _check_request_shape(interface, reads, section, context)
+        interfaces.append(interface)
         _warn_preset_needs("websms", reads, name, context)
     return OutboundSettings(tuple(interfaces))
+
+
+def _check_request_shape(
+    interface: OutboundInterface,
+    reads: Mapping[str, "_Read"],
+    section: IniSection,
+    context: _Context,
+) -> None:
+    """Build a request once at start, so that key paths that collide, or a `:=` value
+    that is no JSON, stop the daemon here rather than fail every message later."""
+    if interface.encoding != "json":  # a form body takes every key literally, as the PHP
+        return
+    from websmsd.http import itsp  # its request builder is pure (no Twisted)
+
+    try:
+        itsp.json_document(itsp.build_fields(interface, "+15550000000", "+15550000001", "x"))
+    except ValueError as e:
+        for name in ("val_static", "key_to", "key_from", "key_body", "encoding"):
+            read = reads.get(name)
+            if read is not None:
+                raise context.error(read.line, read.label,
+                                    f"the request cannot be built: {e}{_which(interface.name)}")
+        raise context.error(section.line, None, f"the request cannot be built: {e}")
 
 
 def _check_credentials(
