@@ -226,7 +226,11 @@ def test_long_text_parts_wait_for_asterisk_to_take_the_previous_one(world):
     world.clock.advance(5)
     assert os.listdir(world.q.outgoingdir) == [first], "part 2 before Asterisk took part 1"
     os.unlink(os.path.join(world.q.outgoingdir, first))  # Asterisk runs it
-    world.clock.advance(0.5)
+    # Polls back off (0.5 s, 1 s, 2 s... up to 10 s) while Asterisk keeps a part.
+    for _ in range(20):
+        world.clock.advance(0.5)
+        if os.listdir(world.q.outgoingdir):
+            break
     assert os.listdir(world.q.outgoingdir) == [callfile_name(m.id, 1)]
     parts = row(world, m.id)
     assert parts.status == "queued" and parts.progress == 2
@@ -283,3 +287,19 @@ def test_concurrency_is_bounded(world):
     world.itsp.held[0].callback(OK)
     world.clock.advance(0)
     assert len(world.itsp.sent) == 3
+
+
+def test_a_part_asterisk_does_not_take_is_looked_at_less_and_less_often(world):
+    m = inbound(world, "слово " * 400)
+    writes = []
+    real_update = world.store.update
+
+    def counting(changes, attempts=None):
+        writes.append(world.clock.seconds())
+        return real_update(changes, attempts)
+
+    world.store.update = counting
+    for _ in range(120):  # ten minutes of an Asterisk that does not run
+        world.clock.advance(5)
+    world.store.update = real_update
+    assert 55 <= len(writes) <= 70, len(writes)  # about one write per 10 s, not per 0.5 s

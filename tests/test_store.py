@@ -2,6 +2,7 @@
 
 import sqlite3
 import threading
+import time
 
 import pytest
 
@@ -142,6 +143,9 @@ class ThreadReactor:
 
     def callFromThread(self, f, *args):
         f(*args)
+
+    def seconds(self):
+        return time.time()
 
 
 def test_group_commit_batches_concurrent_writers(tmp_path):

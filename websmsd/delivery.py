@@ -26,6 +26,9 @@ def _in_thread(reactor: Any) -> Callable[..., defer.Deferred]:
     return run
 
 
+MAX_POLL = 10.0  # seconds between looks at a call-file part Asterisk has not taken
+
+
 class CallFileSink:
     """Hands inbound messages to Asterisk as call files, crash-safely.
 
@@ -103,7 +106,10 @@ class CallFileSink:
                 attempts.append((m.id, False, reason))
                 log.error("call file for {id} refused: {reason}", id=m.id, reason=reason)
             for m in waiting:
-                changes.append((m.id, {"next_attempt": now + self.poll}))
+                # Look again soon, then less and less often (twice the last wait, up to
+                # MAX_POLL): an Asterisk that is down must not cost a write every poll.
+                last_wait = max(m.next_attempt - m.updated, self.poll)
+                changes.append((m.id, {"next_attempt": now + min(2 * last_wait, MAX_POLL)}))
             if ready:
                 yield self._thread(self.spool.stage, [(n, c) for _, n, c, _ in ready])
                 for m, name, _, _ in ready:

@@ -16,7 +16,6 @@ import os
 import queue
 import sqlite3
 import threading
-import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from twisted.internet import defer
@@ -269,7 +268,7 @@ class Store:
     def add(self, messages: List[Message]) -> defer.Deferred:
         """Store new messages; fires with one bool each: True if new, False if a copy
         with the same dedupe_key was already stored (the peer resent it)."""
-        now = time.time()
+        now = self._reactor.seconds()
         rows = []
         for m in messages:
             m.updated = now
@@ -326,7 +325,7 @@ class Store:
     def update(self, changes: List[tuple], attempt: Optional[List[tuple]] = None) -> defer.Deferred:
         """Apply `[(message_id, {column: value})]` and record `[(message_id, ok, detail)]`
         attempts, all in one transaction."""
-        now = time.time()
+        now = self._reactor.seconds()
         for _, fields in changes:
             bad = set(fields) - _UPDATABLE
             if bad:
@@ -363,7 +362,7 @@ class Store:
         Reports arrive out of order and repeated: a message that is already delivered or
         failed keeps that status (the report is still kept).
         """
-        now = time.time()
+        now = self._reactor.seconds()
 
         def report(db: sqlite3.Connection) -> Optional[str]:
             row = db.execute(
@@ -409,7 +408,7 @@ class Store:
             cur = db.execute(
                 "UPDATE messages SET status = ?, attempts = ?, updated = ? WHERE id = ?"
                 " AND status IN (?, ?)",
-                (SENDING, attempts, time.time(), message_id, QUEUED, SENDING),
+                (SENDING, attempts, self._reactor.seconds(), message_id, QUEUED, SENDING),
             )
             return cur.rowcount == 1
 
@@ -422,7 +421,7 @@ class Store:
             cur = db.execute(
                 "UPDATE messages SET status = ?, reason = NULL, next_attempt = 0,"
                 " attempts = 0, updated = ? WHERE id = ? AND status IN (?, ?)",
-                (QUEUED, time.time(), message_id, FAILED, CANCELLED),
+                (QUEUED, self._reactor.seconds(), message_id, FAILED, CANCELLED),
             )
             return cur.rowcount == 1
 
@@ -435,7 +434,7 @@ class Store:
             cur = db.execute(
                 "UPDATE messages SET status = ?, reason = 'cancelled by the owner',"
                 " updated = ? WHERE id = ? AND status = ?",
-                (CANCELLED, time.time(), message_id, QUEUED),
+                (CANCELLED, self._reactor.seconds(), message_id, QUEUED),
             )
             return cur.rowcount == 1
 
