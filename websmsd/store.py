@@ -67,7 +67,7 @@ def schema_scripts() -> List[str]:
 
 
 class StoreError(Exception):
-    pass
+    """The store cannot do what was asked (not open, a newer schema, a failed commit)."""
 
 
 class _OperationFailed(Exception):

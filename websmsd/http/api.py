@@ -402,7 +402,7 @@ class APIResource(resource.Resource):
 
 
 class _TooLarge(Exception):
-    pass
+    """A request body over the API's limit."""
 
 
 def first_error(failure: Any) -> Any:
