@@ -303,3 +303,32 @@ def test_a_part_asterisk_does_not_take_is_looked_at_less_and_less_often(world):
         world.clock.advance(5)
     world.store.update = real_update
     assert 55 <= len(writes) <= 70, len(writes)  # about one write per 10 s, not per 0.5 s
+
+
+def test_publish_failing_halfway_writes_no_call_file_twice(world):
+    real_publish = world.spool.publish
+    taken = []  # what "Asterisk" ran, in order
+
+    def asterisk_runs_the_spool():
+        for name in sorted(os.listdir(world.q.outgoingdir)):
+            taken.append(name)
+            os.unlink(os.path.join(world.q.outgoingdir, name))
+
+    def publish_first_only(names):
+        real_publish(names[:1])
+        raise OSError(28, "No space left on device")
+
+    world.spool.publish = publish_first_only
+    a = Message(IN, "", "+1555", "+1666", "a", channel="webhook")
+    b = Message(IN, "", "+1555", "+1666", "b", channel="webhook")
+    result(world.store.add([a, b]))
+    world.clock.advance(0.02)
+    asterisk_runs_the_spool()
+    assert len(taken) == 1
+    world.spool.publish = real_publish
+    for _ in range(5):
+        world.clock.advance(60)
+        asterisk_runs_the_spool()
+    assert sorted(taken) == sorted([callfile_name(a.id, 0), callfile_name(b.id, 0)])
+    assert row(world, a.id).status == row(world, b.id).status == "sent"
+    assert os.listdir(world.q.stagingdir) == []

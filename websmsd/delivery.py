@@ -61,44 +61,41 @@ class CallFileSink:
     def _parts(self, m: Message) -> List[str]:
         return self._callfile.split_body(self.astqueue, m.recipient, m.sender, m.body)
 
-    @defer.inlineCallbacks
-    def __call__(self, messages: List[Message]) -> Any:
+    def _prepare(self, messages: List[Message]) -> Tuple[list, list, list, list, list]:
+        """Sort messages by what to do with them and render the call files to write.
+
+        Runs in a worker thread: rendering and the spool's stat calls stay off the
+        reactor, which has webhooks to answer.
+        """
         cf = self._callfile
-        now = self.reactor.seconds()
-        to_stage: List[Tuple[Message, str, bytes, int]] = []  # message, name, content, parts
-        unsure: List[Tuple[Message, str, int]] = []  # left "sending" by a crash
-        broken: List[Tuple[Message, str]] = []
-        waiting: List[Message] = []  # previous part not yet taken by Asterisk
+        ready, waiting, restage, already, broken = [], [], [], [], []
         for m in messages:
             try:
                 parts = self._parts(m)
                 name = cf.callfile_name(m.id, m.progress)
-                if m.progress >= len(parts):  # config changed under a finished message
-                    unsure.append((m, name, len(parts)))
+                if m.status == SENDING or m.progress >= len(parts):
+                    # Left "sending" by a crash (or the config changed under a message
+                    # that was done): its part is either still staged, or handed over.
+                    item = (m, name, len(parts))
+                    (restage if self.spool.is_staged(name) else already).append(item)
                     continue
-                if m.status == SENDING:
-                    unsure.append((m, name, len(parts)))
+                if m.progress and self.spool.is_pending(cf.callfile_name(m.id, m.progress - 1)):
+                    waiting.append(m)  # Asterisk has not taken the previous part yet
                     continue
                 content = cf.render(self.astqueue, m.recipient, m.sender, parts[m.progress])
             except (UnsafeValue, ValueError) as e:
                 broken.append((m, str(e)))
                 continue
-            to_stage.append((m, name, content, len(parts)))
+            ready.append((m, name, content, len(parts)))
+        return ready, waiting, restage, already, broken
 
-        def check(to_stage: list, unsure: list) -> Tuple[list, list, list, list]:
-            ready, wait, restage, already = [], [], [], []
-            for item in to_stage:
-                m = item[0]
-                if m.progress and self.spool.is_pending(cf.callfile_name(m.id, m.progress - 1)):
-                    wait.append(m)
-                else:
-                    ready.append(item)
-            for item in unsure:
-                (restage if self.spool.is_staged(item[1]) else already).append(item)
-            return ready, wait, restage, already
-
+    @defer.inlineCallbacks
+    def __call__(self, messages: List[Message]) -> Any:
+        now = self.reactor.seconds()
+        ready: list = []
+        handing_over = False  # "sending" committed: their files must not be staged again
         try:
-            ready, waiting, restage, already = yield self._thread(check, to_stage, unsure)
+            ready, waiting, restage, already, broken = yield self._thread(self._prepare, messages)
             changes: List[tuple] = []
             attempts: List[tuple] = []
             for m, reason in broken:
@@ -116,6 +113,7 @@ class CallFileSink:
                     changes.append((m.id, {"status": SENDING}))
             if changes:
                 yield self.store.update(changes, attempts)
+                handing_over = bool(ready)
             publish = [(m, n, parts) for m, n, _, parts in ready] + restage
             if publish:
                 yield self._thread(self.spool.publish, [n for _, n, _ in publish])
@@ -127,11 +125,17 @@ class CallFileSink:
             self.last_error = reason
             log.error("call files not written, will retry: {reason}", reason=reason)
             now = self.reactor.seconds()
-            retry = [
-                (m.id, self.policy.after_failure(m, m.attempts + 1, reason, False, now,
-                                                 may_give_up=False))
-                for m, *_ in to_stage
-            ]
+            failed = [item[0] for item in ready] if ready else messages
+            retry = []
+            for m in failed:
+                fields = self.policy.after_failure(m, m.attempts + 1, reason, False, now,
+                                                   may_give_up=False)
+                if handing_over:
+                    # Some files may be in outgoing already: leave the message "sending",
+                    # so that the next round publishes what is still staged and counts
+                    # the rest as handed over, instead of writing it again.
+                    del fields["status"]
+                retry.append((m.id, fields))
             if retry:
                 yield self.store.update(retry, [(i, False, reason) for i, _ in retry])
             return
