@@ -1554,6 +1554,15 @@ class ExplainingHTTPChannel(HTTPChannel):
     """twisted.web's HTTP/1.1 channel, but a request it cannot even frame (a bad request
     line, bad headers, an impossible length) is answered with a reason, not a bare 400."""
 
+    _host = None
+
+    def getHost(self):
+        # Every Request asks for it, and a TCP transport answers with a getsockname()
+        # system call each time; it cannot change during a connection.
+        if self._host is None:
+            self._host = self.transport.getHost()
+        return self._host
+
     def _respondToBadRequestAndDisconnect(self) -> None:
         body = b"400 malformed HTTP request (request line, headers or framing)\n"
         self.transport.write(
