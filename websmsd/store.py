@@ -12,6 +12,7 @@ The store knows nothing of HTTP, SMPP or Asterisk.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import sqlite3
@@ -214,11 +215,10 @@ class Store:
                 # savepoint around each, so that it fails alone and the others commit.
                 return self._transaction(db, batch, isolate=True)
         except Exception as e:  # the commit itself failed (disk full, I/O error...)
-            try:
+            # The commit's own error is the one to report; a failed rollback adds nothing.
+            with contextlib.suppress(Exception):
                 if db.in_transaction:
                     db.execute("ROLLBACK")
-            except Exception:
-                pass
             return [(d, False, StoreError(f"commit failed: {e}"), kind) for fn, d, kind in batch]
 
     @staticmethod

@@ -60,6 +60,7 @@ again once its "handing over" is committed: recover it with `publish()` instead.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import grp
 import os
@@ -298,9 +299,7 @@ def _clusters(text: str) -> List[str]:
         i += 1
         if ch == "\r" and i < n and text[i] == "\n":
             i += 1
-        elif _is_control(ch):
-            pass
-        else:
+        elif not _is_control(ch):  # a control character stands alone
             if _is_regional_indicator(ch) and i < n and _is_regional_indicator(text[i]):
                 i += 1
             while i < n:
@@ -669,11 +668,9 @@ class CallFileSpool:
                         os.close(fd)
             self._fsync_dir(self.stagingdir)
         except BaseException:
-            for path in touched:
-                try:
+            for path in touched:  # best effort: the error being raised matters more
+                with contextlib.suppress(OSError):
                     os.unlink(path)
-                except OSError:
-                    pass
             raise
 
     def _write(self, path: str, data: bytes, owner: Optional[Tuple[int, int]]) -> int:
@@ -779,11 +776,11 @@ class CallFileSpool:
             path = os.path.join(self.stagingdir, _check_name(name))
             try:
                 os.unlink(path)
-                removed = True
             except FileNotFoundError:
-                pass
+                continue  # already gone: nothing to remove
             except OSError as e:
                 raise _os_error(e, "cannot remove staged call file", path) from e
+            removed = True
         if removed:
             self._fsync_dir(self.stagingdir)
 

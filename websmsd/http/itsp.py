@@ -89,14 +89,21 @@ _BYTE_CODES = tuple(
 Pairs = Iterable[Tuple[Any, Any]]
 
 
+def _has_surrogates(text: str) -> bool:
+    """Whether `text` holds surrogates (bytes smuggled in by surrogateescape)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _to_bytes(value: Union[str, bytes]) -> bytes:
     """A PHP string is bytes: UTF-8, and raw bytes smuggled in by surrogateescape."""
     if isinstance(value, bytes):
         return value
-    try:
+    if not _has_surrogates(value):
         return value.encode("utf-8")
-    except UnicodeEncodeError:
-        pass
     try:
         return value.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # a lone surrogate that stands for no byte
@@ -547,11 +554,8 @@ def _place(document: Dict[str, Any], path: str, value: Any) -> None:
 def _valid_text(text: str) -> str:
     """Text that is valid UTF-8: a byte that came in undecodable (surrogateescape) is
     U+FFFD, as JSON has no way to carry it."""
-    try:
-        text.encode("utf-8")
+    if not _has_surrogates(text):
         return text
-    except UnicodeEncodeError:
-        pass
     try:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     except UnicodeEncodeError:

@@ -61,6 +61,7 @@ Today's ITSPs (settings of InboundInterface; see `extract`, `classify`, `extract
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from fnmatch import fnmatchcase
@@ -1145,10 +1146,9 @@ class WebhookResource(Resource):
     def _bug(self, failure, request) -> None:
         log.failure("webhook: failed to answer a request", failure)
         if not _gone(request) and not getattr(request, "finished", False):
-            try:
+            # The connection may be half gone; a failure to say so changes nothing.
+            with contextlib.suppress(Exception):
                 _finish(request, 500, b"internal error\n", _TEXT)
-            except Exception:
-                pass
 
     def _ack(self, iface: InboundInterface) -> Tuple[bytes, bytes]:
         """(resp_ack, resp_type) of an interface, encoded once."""
