@@ -170,8 +170,6 @@ class ITSPSink:
         self.reactor = reactor
         self.concurrency = concurrency
         self._slots = defer.DeferredSemaphore(concurrency)
-        # Per interface: (time, ok, reason) of the last try, for the status page.
-        self.last: Dict[str, Tuple[float, bool, str]] = {}
 
     def deliver_one(self, m: Message) -> defer.Deferred:
         """Send one message when one of `concurrency` slots is free."""
@@ -194,12 +192,10 @@ class ITSPSink:
             return
         outcome = yield self.client.send(iface, m.recipient, m.sender, m.body)
         now = self.reactor.seconds()
-        self.last[iface.name] = (now, outcome.ok, outcome.reason)
         if outcome.ok:
             fields = {"status": SENT, "reason": None, "attempts": attempts}
-            provider_id = getattr(outcome, "provider_id", None)
-            if provider_id:
-                fields["provider_id"] = provider_id
+            if outcome.provider_id:
+                fields["provider_id"] = outcome.provider_id
         else:
             fields = self.policy.after_failure(m, attempts, outcome.reason,
                                                outcome.permanent, now)
