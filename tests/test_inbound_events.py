@@ -134,8 +134,11 @@ def test_find_all_paths_globs_and_document_order():
     assert find_all(tree, "deep.*.url") == ["d1", "d2"]
     assert find_all(tree, "deep.[xz].url") == ["d1"]
     assert find_all(tree, "nothing.*") == []
-    # Without wildcards and without a path, the bare-name search of `find`.
-    assert find_all(tree, "url") == ["d2"]
+    # Without wildcards and without a path, the bare-name search of `find`: the
+    # shallowest "url" is given twice (deep.x, deep.y): refused rather than guessed.
+    with pytest.raises(FieldError, match="'url' appears 2 times"):
+        find_all(tree, "url")
+    assert find_all(tree, "size") == ["1"]
 
 
 def test_media_links_are_validated():

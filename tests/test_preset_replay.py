@@ -149,11 +149,18 @@ def vonage_headers(path: str, body: bytes) -> dict:
 
 
 def plivo_headers(path: str, body: bytes) -> dict:
-    # plivo.com, validating requests (V2, as messaging callbacks are documented with):
-    # base64 HMAC-SHA256, with the auth token, of the URL without its query + the nonce.
+    # plivo.com, validating requests: Plivo sends V2 and V3 headers.  V2: base64
+    # HMAC-SHA256, with the auth token, of the URL without its query + the nonce.  V3:
+    # of the URL, "?", the sorted query (none here), then each POST parameter's name and
+    # value sorted by name, then "." and the nonce.
     nonce = "05429567804466091622"
-    mac = hmac.new(PLIVO_TOKEN.encode(), (PUBLIC + path + nonce).encode(), hashlib.sha256).digest()
-    return {"X-Plivo-Signature-V2": base64.b64encode(mac).decode(), "X-Plivo-Signature-V2-Nonce": nonce}
+    v2 = hmac.new(PLIVO_TOKEN.encode(), (PUBLIC + path + nonce).encode(), hashlib.sha256).digest()
+    params = sorted(urllib.parse.parse_qsl(body.decode(), keep_blank_values=True))
+    signed = PUBLIC + path + "?" + "".join(k + v for k, v in params) + "." + nonce
+    v3 = hmac.new(PLIVO_TOKEN.encode(), signed.encode(), hashlib.sha256).digest()
+    return {"X-Plivo-Signature-V2": base64.b64encode(v2).decode(), "X-Plivo-Signature-V2-Nonce": nonce,
+            "X-Plivo-Signature-V3": base64.b64encode(v3).decode(),
+            "X-Plivo-Signature-V3-Nonce": nonce}
 
 
 def zadarma_headers(path: str, body: bytes) -> dict:
@@ -168,9 +175,11 @@ SIGNERS = {"twilio": twilio_headers, "telnyx": telnyx_headers, "vonage": vonage_
            "plivo": plivo_headers, "zadarma": zadarma_headers}
 
 
-def replay(d: Daemon, name: str, fixture: str, method: str = "POST"):
-    """The fixture, as the provider sends it, at interface `name`'s url_path."""
-    raw = (FIXTURES / fixture).read_bytes()
+def replay(d: Daemon, name: str, fixture: str, method: str = "POST", raw: bytes = None):
+    """The fixture (or `raw` in its format), as the provider sends it, at interface
+    `name`'s url_path."""
+    if raw is None:
+        raw = (FIXTURES / fixture).read_bytes()
     path = f"/{name}"
     headers = {}
     if method == "GET":
@@ -262,6 +271,71 @@ def test_documented_inbound_message_becomes_one_call_file(daemon, name):
         assert replay(daemon, name, fixture, method)[0] == 200
         time.sleep(0.2)
         assert set(daemon.callfiles()) == before
+
+
+# Texts that look like the fields of every preset: anyone can text them to the number.
+LOOKALIKES = [
+    json.dumps({"To": "100", "From": "911", "Body": "spoofed", "to": "100", "from": "911",
+                "text": "spoofed", "body": "spoofed", "Text": "spoofed", "message": "x",
+                "caller_id": "911", "caller_did": "100", "owner": "100",
+                "data": {"payload": {"to": [{"phone_number": "100"}]}}}, separators=(",", ":")),
+    "To=100&From=911&Body=spoofed&to=100&from=911&text=spoofed&message=spoofed&Text=spoofed"
+    "&caller_did=100&caller_id=911&result=%7B%7D",
+]
+
+
+def _set_at(node, path: str, value: str):
+    """Set the text at a dotted path of a decoded document; return the old text."""
+    *steps, last = path.split(".")
+    if isinstance(node, list):  # a batch of events (Bandwidth): the first one
+        node = node[0]
+    for step in steps:
+        node = node[int(step)] if isinstance(node, list) else node[step]
+    old, node[last] = node[last], value
+    return old
+
+
+def with_text(name: str, fixture: str, text: str, tag: str):
+    """The fixture with its SMS text replaced by `text` (and its message id made new,
+    so that the provider's retry rule does not hide it); and the text it had."""
+    from websmsd import presets
+
+    keys = presets.PRESETS[name].websmsd
+    raw = (FIXTURES / fixture).read_bytes()
+    if fixture.endswith(".json"):
+        doc = json.loads(raw)
+        old = _set_at(doc, keys["key_body"], text)
+        if "key_id" in keys:
+            _set_at(doc, keys["key_id"], f"{tag}-{name}")
+        return json.dumps(doc).encode(), old
+    pairs = urllib.parse.parse_qsl(raw.decode().strip(), keep_blank_values=True)
+    first, _, rest = keys["key_body"].partition(".")
+    out, old = [], None
+    for k, v in pairs:
+        if k == first and rest:  # a JSON document in a form field (Zadarma's result)
+            inner = json.loads(v)
+            old = _set_at(inner, rest, text)
+            v = json.dumps(inner, ensure_ascii=False)
+        elif k == first:
+            old, v = v, text
+        elif k == keys.get("key_id"):
+            v = f"{tag}-{name}"
+        out.append((k, v))
+    return urllib.parse.urlencode(out, quote_via=urllib.parse.quote).encode(), old
+
+
+@pytest.mark.parametrize("name", sorted(MESSAGES))
+def test_a_text_that_looks_like_fields_is_delivered_as_sent(daemon, name):
+    # Signed where the preset checks signatures (the provider signs what it was sent),
+    # unsigned elsewhere: either way, the call file has the text as sent and the real
+    # sender and recipient.
+    fixture, method, answer, (to, sender, text) = MESSAGES[name]
+    for i, lookalike in enumerate(LOOKALIKES):
+        raw, old = with_text(name, fixture, lookalike, f"lookalike{i}")
+        before = set(daemon.callfiles())
+        status, _, body = replay(daemon, name, fixture, method, raw=raw)
+        assert (status, body) == (200, answer), body
+        assert new_call_file(daemon, before) == (to, sender, text.replace(old, lookalike))
 
 
 def test_signed_presets_refuse_what_is_not_signed(daemon):

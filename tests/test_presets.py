@@ -140,13 +140,13 @@ INBOUND = {
                ("data.payload.id", "data.payload.to.0.status"), "telnyx"),
     "vonage": (("to", "from", "text", "message_uuid"), ("message_type=text", "status"),
                ("message_uuid", "status"), "vonage"),
-    "plivo": (("To", "From", "Text", "MessageUUID"), (None, "Status"), ("MessageUUID", "Status"), "plivo"),
+    "plivo": (("To", "From", "Text", "MessageUUID"), (None, "Status"), ("MessageUUID", "Status"), "plivo-v3"),
     "bandwidth": (("message.owner", "message.from", "message.text", "message.id"),
                   ("type=message-received", "message.direction=out"), ("message.id", "type"), None),
     "sinch": (("to", "from", "body", "id"), ("type=mo_text", "type=recipient_delivery_report_sms"),
               ("batch_id", "status"), None),
     "46elks": (("to", "from", "message", "id"), ("direction=incoming", "status"), ("id", "status"), None),
-    "zadarma": (("caller_did", "caller_id", "text", None), ("event=SMS", None), (None, None), "zadarma"),
+    "zadarma": (("result.caller_did", "result.caller_id", "result.text", None), ("event=SMS", None), (None, None), "zadarma"),
     "voipms": (("to", "from", "message", "id"), (None, None), (None, None), None),
     "flowroute": (("to", "from", "body", "id"), (None, None), (None, None), None),
     "clicksend": (("to", "from", "body", "message_id"), (None, "status"), ("message_id", "status"), None),
@@ -406,7 +406,7 @@ def test_warnings_for_what_a_preset_needs():
 def test_sig_method_without_sig_secret_warns():
     settings = conf("[websmsd]\npreset = plivo\n")
     [warning] = warnings_with(settings, "sig_secret")
-    assert warning.startswith("websms.conf:2: sig_method (preset plivo): sig_method plivo is set but")
+    assert warning.startswith("websms.conf:2: sig_method (preset plivo): sig_method plivo-v3 is set but")
     assert "every webhook is refused (403)" in warning and "your Auth Token" in warning
     settings = conf("[websmsd]\nsig_method [a] = twilio\nurl_path [a] = /a\n")
     assert warnings_with(settings, "websms.conf:2: sig_method[a]", "(interface 'a') is refused")

@@ -396,7 +396,8 @@ def test_no_secret_and_unknown_method():
     refused("sig_secret is not", "twilio", None, url="https://x/")
     refused("sig_secret is not", "twilio", "", url="https://x/")
     refused("unknown sig_method", "acme", "a-long-secret", url="https://x/")
-    assert set(signatures.METHODS) == {"twilio", "telnyx", "plivo", "vonage", "zadarma"}
+    assert set(signatures.METHODS) == {"twilio", "telnyx", "plivo", "plivo-v3", "vonage",
+                                       "zadarma"}
 
 
 def test_pure_module():

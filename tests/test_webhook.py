@@ -48,11 +48,17 @@ def net(*cidrs):
 # ---------------------------------------------------------------------------------
 
 
-def test_form_fields_last_occurrence_wins():
+def test_form_field_given_twice_is_refused_not_guessed():
     tree = parse_fields(FORM, b"To=100&From=%2B15551234567&Body=hi+there%21&To=200", b"")
-    assert tree == {"To": "200", "From": "+15551234567", "Body": "hi there!"}
-    assert find(tree, "To") == "200"
+    assert tree == {"To": "200", "From": "+15551234567", "Body": "hi there!"}  # as PHP
+    # PHP took the last To; which one the provider meant cannot be known.
+    with pytest.raises(FieldError, match="'To' is given more than once"):
+        find(tree, "To")
+    assert find(tree, "From") == "+15551234567"
     assert find(tree, "to") is None  # case-sensitive
+    tree = parse_fields(JSON, b'{"To": "1", "From": "2", "To": "3"}', b"")
+    with pytest.raises(FieldError, match="'To' is given more than once"):
+        find(tree, "To")
 
 
 def test_nested_php_form_arrays():
@@ -158,8 +164,8 @@ def test_form_values_are_never_converted():
 
 
 def test_json_body_any_value():
-    tree = parse_fields(JSON, b'[{"To": "1"}, {"To": "2", "x": [1, {"To": "3"}]}]', b"")
-    assert find(tree, "To") == "3"
+    tree = parse_fields(JSON, b'[{"To": "1"}, {"x": [1, {"To": "3"}]}]', b"")
+    assert find(tree, "To") == "1"  # the shallowest
     # A scalar document has no fields: the query string is used instead.
     assert parse_fields(JSON, b'"just text"', b"To=9") == {"To": "9"}
     assert parse_fields(JSON, b"{}", b"To=9") == {"To": "9"}
@@ -172,11 +178,15 @@ def test_json_content_types_and_bom():
     assert parse_fields(JSON, b'\xef\xbb\xbf{"To":"1"}', b"") == {"To": "1"}
 
 
-def test_document_order_depth_first():
+def test_shallowest_match_wins_and_a_tie_is_refused():
     tree = parse_fields(JSON, b'{"To": "1", "x": {"To": "2"}, "y": [{"To": "3"}]}', b"")
-    assert find(tree, "To") == "3"
+    assert find(tree, "To") == "1"
     tree = parse_fields(JSON, b'{"x": {"To": "2"}, "To": "1"}', b"")
     assert find(tree, "To") == "1"
+    tree = parse_fields(JSON, b'{"x": {"To": "2"}, "y": {"To": "3"}, "z": {"a": {"To": "4"}}}', b"")
+    with pytest.raises(FieldError, match="'To' appears 2 times at the same depth"):
+        find(tree, "To")
+    assert find(parse_fields(JSON, b'{"x": {"y": {"To": "5"}}}', b""), "To") == "5"
 
 
 def test_object_valued_key_never_matches_and_null():
@@ -204,8 +214,8 @@ def test_key_paths():
     assert find(tree, "data.payload.to.0.phone_number") == "+15552223333"
     assert find(tree, "data.payload.to.1.phone_number") == "+15554445555"
     assert find(tree, "data.payload.from.phone_number") == "+15550001111"
-    # The bare-name search would give the last phone_number.
-    assert find(tree, "phone_number") == "+15554445555"
+    # The bare-name search finds the shallowest phone_number: from's.
+    assert find(tree, "phone_number") == "+15550001111"
     # No such path: the dotted key is looked up as one name.
     assert find(tree, "a.b") == "literal"
     assert find(tree, "data.payload.to.2.phone_number") is None
@@ -1071,9 +1081,9 @@ def test_json_text_of_an_expanded_field_is_kept():
     tree = parse_fields(FORM, b"result=" + quote(text).encode(), b"")
     assert find(tree, "result") == text
     assert find(tree, "result.caller_id") == "+7900"
-    # Inner keys still come later in document order, as in the PHP.
+    # The shallowest match is the field itself (the PHP took the inner one, last).
     tree = parse_fields(FORM, b"Body=" + quote('{"Body":"inner"}').encode(), b"")
-    assert find(tree, "Body") == "inner"
+    assert find(tree, "Body") == '{"Body":"inner"}'
     # Not for JSON documents themselves: a real object never matches.
     assert find(parse_fields(JSON, b'{"Body": {"x": "1"}}', b""), "Body") is None
 

@@ -451,7 +451,7 @@ def _auth_method(text: str, note: Note) -> str:
 
 
 AUTH_METHODS = ("none", "plain", "basic", "zadarma", "bearer", "header", "query")
-SIG_METHODS = ("twilio", "telnyx", "plivo", "vonage", "zadarma")
+SIG_METHODS = ("twilio", "telnyx", "plivo", "plivo-v3", "vonage", "zadarma")
 DLR_STATUSES = ("sent", "delivered", "failed")
 
 
@@ -955,6 +955,7 @@ _INBOUND_KEYS = _keys(
     _Key("key_body", _text),
     _Key("key_echo", _optional_text),
     _Key("key_id", _optional_text),
+    _Key("key_lookup", _choice("any", "path")),
     _Key("resp_ack", _any_text, ("report_success",)),
     _Key("remt_addr", _allow_networks, ("permit_addr", "remote_addr")),
     _Key("url_path", _allow_paths, ("request_uri",)),
@@ -1395,6 +1396,14 @@ def _warn_unsigned(reads: Mapping[str, _Read], interface: str, context: _Context
             f"sig_method {method.value} is set but sig_secret is not: every webhook"
             f"{_which(interface)} is refused (403); give sig_secret{what}, or write"
             ' sig_method = "" to accept unsigned webhooks',
+        )
+    if method.value == "plivo":
+        context.warn(
+            method.line, method.label,
+            "sig_method plivo also accepts Plivo's older V2 signature, which covers neither"
+            " the query nor the body: one captured request lets anyone post any text to"
+            f" this URL{_which(interface)}; write sig_method = plivo-v3 (Plivo sends V3 with"
+            " every callback)",
         )
 
 

@@ -72,6 +72,7 @@ def fill(text: str, auth_user: Optional[str]) -> str:
 
 # Status callbacks whose form fields are Twilio's (SignalWire's compatibility API too).
 _TWILIO_WEBHOOK = {
+    "key_lookup": "path",
     "key_to": "To",
     "key_from": "From",
     "key_body": "Body",
@@ -167,6 +168,8 @@ _PRESETS = (
             "resp_id": "data.id",
         },
         websmsd={
+            # Keys are exact places from the document root, never searched.
+            "key_lookup": "path",
             # {"data": {"event_type": "message.received" | "message.finalized" | ...,
             # "payload": {"id", "from": {"phone_number"}, "to": [{"phone_number",
             # "status"}], "text", "media": [{"url"}], "errors": [{"detail"}]}}}
@@ -208,6 +211,8 @@ _PRESETS = (
             "resp_id": "message_uuid",
         },
         websmsd={
+            # Keys are exact places from the document root, never searched.
+            "key_lookup": "path",
             # Inbound: {"channel": "sms", "message_type": "text", "message_uuid", "to",
             # "from", "text", ...}; status: {"message_uuid", "status": submitted |
             # delivered | rejected | undeliverable, "error": {...}}.  Signed with a JWT
@@ -249,6 +254,8 @@ _PRESETS = (
             "resp_id": "message_uuid.0",
         },
         websmsd={
+            # Keys are exact places from the document root, never searched.
+            "key_lookup": "path",
             # Incoming: form From, To, Text, Type, MessageUUID (Media1... for MMS); a
             # status callback adds Status and ErrorCode, which an incoming one lacks.
             "key_to": "To",
@@ -263,7 +270,8 @@ _PRESETS = (
             # Plivo reads the message_url's answer as Plivo XML.
             "resp_ack": "<Response></Response>",
             "resp_type": "application/xml",
-            "sig_method": "plivo",
+            # V3 only: V2 signs neither the query nor the body.
+            "sig_method": "plivo-v3",
         },
         auth_user="your Auth ID",
         sig_secret="your Auth Token, the auth_secret of [websms]",
@@ -294,6 +302,8 @@ _PRESETS = (
             "val_static": '"applicationId=YOUR-MESSAGING-APPLICATION-ID"',
         },
         websmsd={
+            # Keys are exact places from the document root, never searched.
+            "key_lookup": "path",
             # A JSON array of events: {"type": "message-received" | "message-delivered" |
             # "message-failed" | ..., "description", "message": {"id", "owner", "from",
             # "to": [...], "text", "media": [...], "direction": "in" | "out"}}.
@@ -333,6 +343,8 @@ _PRESETS = (
             "resp_id": "id",
         },
         websmsd={
+            # Keys are exact places from the document root, never searched.
+            "key_lookup": "path",
             "key_to": "to",
             "key_from": "from",
             "key_body": "body",
@@ -368,6 +380,8 @@ _PRESETS = (
             "resp_id": "id",
         },
         websmsd={
+            # Keys are exact places from the document root, never searched.
+            "key_lookup": "path",
             # Incoming: form direction=incoming, id, from, to, message, created.
             # Delivery reports (whendelivered): form id, status, delivered.  A non-empty
             # answer to an incoming SMS is sent back as a reply SMS: resp_ack stays "".
@@ -404,11 +418,14 @@ _PRESETS = (
             "resp_check": "status=success",
         },
         websmsd={
+            # Keys are exact places from the document root, never searched.
+            "key_lookup": "path",
             # Zadarma checks the URL with ?zd_echo=... first, then posts
-            # event=SMS&result={"caller_id", "caller_did", "text"} with a Signature.
-            "key_to": "caller_did",
-            "key_from": "caller_id",
-            "key_body": "text",
+            # event=SMS&result={"caller_id", "caller_did", "text"} with a Signature
+            # over `result` alone: the message is read from it alone.
+            "key_to": "result.caller_did",
+            "key_from": "result.caller_id",
+            "key_body": "result.text",
             "key_echo": "zd_echo",
             "msg_filter": "event=SMS",
             "sig_method": "zadarma",
@@ -442,6 +459,8 @@ _PRESETS = (
             "resp_id": "sms",
         },
         websmsd={
+            # Keys are exact places from the document root, never searched.
+            "key_lookup": "path",
             # The SMS URL Callback is a GET of the URL the owner writes in the portal,
             # with {TO} {FROM} {MESSAGE} {ID} {TIMESTAMP} replaced; it expects "ok".
             "key_to": "to",
@@ -479,6 +498,8 @@ _PRESETS = (
             "resp_id": "data.id",
         },
         websmsd={
+            # Keys are exact places from the document root, never searched.
+            "key_lookup": "path",
             # {"to", "from", "body", "id"}, flat (v2) or under data.attributes with the
             # id at data.id (v2.1): names found at any depth read both.
             "key_to": "to",
@@ -512,6 +533,8 @@ _PRESETS = (
             "resp_id": "data.messages.0.message_id",
         },
         websmsd={
+            # Keys are exact places from the document root, never searched.
+            "key_lookup": "path",
             # Inbound rule with action URL (webhook_type post): form from, to, body,
             # message_id, timestamp, custom_string...; a delivery receipt rule posts
             # message_id, status, status_code, status_text, error_text...

@@ -94,6 +94,10 @@ class InboundInterface:
     # New in websmsd: the request key holding the provider's message id; retries of a
     # webhook carrying the same id are acknowledged again but stored once.
     key_id: Optional[str] = None
+    # How keys are found: "any" (a plain key is searched at any depth, shallowest match,
+    # the text never searched: today's websms.conf files) or "path" (every key is a
+    # path from the document root: presets name exact places).
+    key_lookup: str = "any"
     # -- today's ITSPs -----------------------------------------------------------------
     # Path of the array of events in a body that wraps them (Infobip `results`); a body
     # that is itself a JSON array of events (Bandwidth) needs no key.

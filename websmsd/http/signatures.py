@@ -14,6 +14,8 @@ Algorithms, as the providers document them:
 - **twilio** (X-Twilio-Signature): base64(HMAC-SHA1(auth token, URL + for a form POST
   each parameter's name and value, sorted by name)).  For a JSON body the URL carries
   ``bodySHA256=<hex SHA-256 of the body>`` and the signature covers the URL alone.
+  SignalWire's compatibility API signs the same way in ``X-SignalWire-Signature`` with
+  its Signing Key: the check reads that header when there is no X-Twilio-Signature.
   Published vector (Twilio's security docs): URL
   ``https://mycompany.com/myapp.php?foo=1&bar=2``, token ``12345`` ->
   ``0/KCTR6DLpKmkAf8muzZqo1nDgQ=``.  Twilio's own libraries also accept the URL with
@@ -27,8 +29,9 @@ Algorithms, as the providers document them:
   ``.`` (if there was a query) and the POST parameters sorted, each name followed by its
   value; the header may hold several signatures separated by commas.  Plivo's messaging
   callbacks are documented with the older V2 headers (X-Plivo-Signature-V2 or -Ma-V2,
-  -V2-Nonce: base64(HMAC-SHA256(token, scheme://host/path + nonce))); V3 is checked when
-  present, else V2.  V2 covers neither the query nor the body.
+  -V2-Nonce: base64(HMAC-SHA256(token, scheme://host/path + nonce))); ``plivo`` checks
+  V3 when present, else V2.  V2 covers neither the query nor the body, so one captured
+  V2 pair lets anyone post any body: ``plivo-v3`` takes V3 only (the preset's choice).
 - **vonage**: the Messages API's signed webhooks carry ``Authorization: Bearer <JWT>``,
   HS256 with the signature secret; its ``payload_hash`` claim is the hex SHA-256 of the
   body, its ``iat`` the time it was issued.  The SMS API's older signed requests carry a
@@ -44,6 +47,9 @@ Algorithms, as the providers document them:
   of `_ZADARMA_FIELDS` (what Zadarma's own PHP library, user-api-v1, checks; the SMS
   and speech events are in a commit of that library that is not on its main branch).
   An event with no known scheme is refused, since it cannot be verified.
+
+`verify` returns what the signature covers (`Signed`): the web layer reads the message
+from that part alone, so that fields added around a signed part change nothing.
 """
 
 from __future__ import annotations
@@ -54,12 +60,14 @@ import functools
 import hashlib
 import hmac
 import json
+from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import parse_qs, parse_qsl, urlsplit, urlunsplit
 
 __all__ = [
     "METHODS",
     "SignatureError",
+    "Signed",
     "verify",
     "twilio_signature",
     "plivo_v3_signature",
@@ -69,13 +77,39 @@ __all__ = [
     "zadarma_signature",
 ]
 
-METHODS = ("twilio", "telnyx", "plivo", "vonage", "zadarma")
+METHODS = ("twilio", "telnyx", "plivo", "plivo-v3", "vonage", "zadarma")
 
 Pairs = List[Tuple[str, str]]
 
 
 class SignatureError(ValueError):
     """The request's signature is missing or wrong; str() says why in one line."""
+
+
+@dataclass(frozen=True)
+class Signed:
+    """What a valid signature vouches for: the only parts a message may be read from.
+
+    body / query: the whole body, the URL's query string.  fields: when the provider
+    signs some fields only (Zadarma signs an SMS event's `result`), exactly those
+    name/value pairs, as the check read them; the message comes from them alone.
+    """
+
+    body: bool
+    query: bool
+    fields: Optional[Tuple[Tuple[str, str], ...]] = None
+
+    @property
+    def anything(self) -> bool:
+        return self.body or self.query or self.fields is not None
+
+
+_BODY = Signed(body=True, query=False)
+_QUERY = Signed(body=False, query=True)
+_BOTH = Signed(body=True, query=True)
+# Plivo's V2 signs the URL's path and a nonce: one captured request lets anyone post
+# any body to that URL.  Accepted by `plivo` for the installations that have only V2.
+_NOTHING = Signed(body=False, query=False)
 
 
 def verify(
@@ -89,18 +123,20 @@ def verify(
     content_type: Optional[str],
     now: float,
     tolerance: float = 300.0,
-) -> None:
+) -> Signed:
     """Check one request's signature by `method_name`'s rules; raise SignatureError.
 
     `headers` maps lower-case header names to their (first) value.  `url` is the
-    public URL the provider called, query string included.
+    public URL the provider called, query string included.  Returns what the signature
+    covers: the caller must read the message from that part of the request alone.
     """
     if not secret:
         raise SignatureError("sig_method is set but sig_secret is not")
     check = _CHECKS.get(method_name)
     if check is None:
         raise SignatureError(f"unknown sig_method {method_name!r}")
-    check(secret, http_method.upper(), url, headers, body, _media(content_type), now, tolerance)
+    return check(secret, http_method.upper(), url, headers, body, _media(content_type), now,
+                 tolerance)
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -195,12 +231,14 @@ def _default_port_variants(url: str) -> List[str]:
     return variants
 
 
-def _twilio(secret, http_method, url, headers, body, media, now, tolerance) -> None:
-    # SignalWire's compatibility API signs the same way under its own header name.
+def _twilio(secret, http_method, url, headers, body, media, now, tolerance) -> Signed:
+    # SignalWire's compatibility API signs the same way under its own header name, with
+    # its Signing Key as the secret.
     if not headers.get("x-twilio-signature") and headers.get("x-signalwire-signature"):
-        signature = _header(headers, "X-SignalWire-Signature")
+        name = "X-SignalWire-Signature"
     else:
-        signature = _header(headers, "X-Twilio-Signature")
+        name = "X-Twilio-Signature"
+    signature = _header(headers, name)
     if _is_json(media):
         expected_hash = dict(_query_pairs(url)).get("bodySHA256")
         if not expected_hash:
@@ -208,12 +246,18 @@ def _twilio(secret, http_method, url, headers, body, media, now, tolerance) -> N
         if not _equal(hashlib.sha256(body).hexdigest(), expected_hash.lower()):
             raise SignatureError("the body does not match bodySHA256")
         params: Pairs = []
+        covered = _BOTH
+    elif http_method == "POST" and media == "application/x-www-form-urlencoded":
+        params = _form_pairs(body, media)
+        covered = _BOTH
     else:
-        params = _form_pairs(body, media) if http_method == "POST" else []
+        # A GET, or a body Twilio's scheme does not sign (multipart): the URL only.
+        params = []
+        covered = _QUERY
     for candidate in _default_port_variants(url):
         if _equal(twilio_signature(secret, candidate, params), signature):
-            return
-    raise SignatureError("X-Twilio-Signature does not match")
+            return covered
+    raise SignatureError(f"{name} does not match")
 
 
 # -- Telnyx ----------------------------------------------------------------------------
@@ -239,7 +283,7 @@ def _ed25519_key(text: str):
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
-def _telnyx(secret, http_method, url, headers, body, media, now, tolerance) -> None:
+def _telnyx(secret, http_method, url, headers, body, media, now, tolerance) -> Signed:
     from cryptography.exceptions import InvalidSignature
 
     signature = _b64decode(_header(headers, "telnyx-signature-ed25519"), "the signature")
@@ -254,6 +298,7 @@ def _telnyx(secret, http_method, url, headers, body, media, now, tolerance) -> N
         key.verify(signature, timestamp.encode("ascii") + b"|" + body)
     except InvalidSignature:
         raise SignatureError("telnyx-signature-ed25519 does not match") from None
+    return _BODY
 
 
 # -- Plivo -----------------------------------------------------------------------------
@@ -331,27 +376,37 @@ def _plivo_params(body: bytes, media: str) -> Dict[str, object]:
     return {k: v[0] if len(v) == 1 else v for k, v in params.items()}  # type: ignore[index]
 
 
-def _plivo(secret, http_method, url, headers, body, media, now, tolerance) -> None:
-    v3 = headers.get("x-plivo-signature-v3") or headers.get("x-plivo-signature-ma-v3")
-    if v3:
-        nonce = _header(headers, "X-Plivo-Signature-V3-Nonce")
-        params = _plivo_params(body, media) if http_method != "GET" else {}
-        expected = plivo_v3_signature(secret, http_method, url, params, nonce)
-        given = [
-            s.strip()
-            for name in ("x-plivo-signature-v3", "x-plivo-signature-ma-v3")
-            for s in (headers.get(name) or "").split(",")
-        ]
-        if any(s and _equal(expected, s) for s in given):
-            return
-        raise SignatureError("X-Plivo-Signature-V3 does not match")
+def _plivo_v3(secret, http_method, url, headers, body, media, now, tolerance) -> Signed:
+    """V3 only: the URL, its query and the POST parameters are signed."""
+    if not (headers.get("x-plivo-signature-v3") or headers.get("x-plivo-signature-ma-v3")):
+        raise SignatureError("no X-Plivo-Signature-V3 header (sig_method plivo-v3 takes no V2)")
+    nonce = _header(headers, "X-Plivo-Signature-V3-Nonce")
+    params = _plivo_params(body, media) if http_method != "GET" else {}
+    expected = plivo_v3_signature(secret, http_method, url, params, nonce)
+    given = [
+        s.strip()
+        for name in ("x-plivo-signature-v3", "x-plivo-signature-ma-v3")
+        for s in (headers.get(name) or "").split(",")
+    ]
+    if any(s and _equal(expected, s) for s in given):
+        signs_body = http_method != "GET" and (
+            _is_json(media) or media == "application/x-www-form-urlencoded")
+        return _BOTH if signs_body else _QUERY
+    raise SignatureError("X-Plivo-Signature-V3 does not match")
+
+
+def _plivo(secret, http_method, url, headers, body, media, now, tolerance) -> Signed:
+    """V3 when the request has it, else the older V2, which signs neither the query
+    nor the body (prefer sig_method plivo-v3)."""
+    if headers.get("x-plivo-signature-v3") or headers.get("x-plivo-signature-ma-v3"):
+        return _plivo_v3(secret, http_method, url, headers, body, media, now, tolerance)
     v2 = headers.get("x-plivo-signature-v2") or headers.get("x-plivo-signature-ma-v2")
     if not v2:
         raise SignatureError("no X-Plivo-Signature-V3 (or -V2) header")
     expected = plivo_v2_signature(secret, url, _header(headers, "X-Plivo-Signature-V2-Nonce"))
     given = [headers.get("x-plivo-signature-v2"), headers.get("x-plivo-signature-ma-v2")]
     if any(s and _equal(expected, s.strip()) for s in given):
-        return
+        return _NOTHING
     raise SignatureError("X-Plivo-Signature-V2 does not match")
 
 
@@ -387,7 +442,7 @@ def _number(value: object, what: str) -> float:
     return float(value)
 
 
-def _vonage_bearer(secret: str, token: str, body: bytes, now: float, tolerance: float) -> None:
+def _vonage_bearer(secret: str, token: str, body: bytes, now: float, tolerance: float) -> Signed:
     parts = token.split(".")
     if len(parts) != 3:
         raise SignatureError("the bearer token is not a JWT")
@@ -411,6 +466,8 @@ def _vonage_bearer(secret: str, token: str, body: bytes, now: float, tolerance: 
             raise SignatureError("the JWT has no payload_hash for the body")
         if not _equal(hashlib.sha256(body).hexdigest(), claimed.lower()):
             raise SignatureError("the body does not match the JWT's payload_hash")
+    # The JWT vouches for the body (by its hash) and nothing in the URL.
+    return _BODY
 
 
 _SIG_HASHES = {32: ("md5hash", "md5"), 40: ("sha1",), 64: ("sha256",), 128: ("sha512",)}
@@ -430,7 +487,8 @@ def vonage_sig(secret: str, params: Sequence[Tuple[str, str]], method: str = "md
     return hmac.new(secret.encode("utf-8"), signed.encode("utf-8"), digest).hexdigest().upper()
 
 
-def _vonage_params(url: str, body: bytes, media: str) -> Pairs:
+def _vonage_params(url: str, body: bytes, media: str) -> Tuple[Pairs, Signed]:
+    """The parameters a `sig` covers, and where they came from."""
     if _is_json(media) and body:
         try:
             value = json.loads(body.decode("utf-8"))
@@ -438,20 +496,19 @@ def _vonage_params(url: str, body: bytes, media: str) -> Pairs:
             raise SignatureError("the JSON body cannot be read, it cannot be verified") from None
         if not isinstance(value, dict):
             raise SignatureError("a JSON body that is not an object cannot be verified")
-        return [(k, v if isinstance(v, str) else json.dumps(v)) for k, v in value.items()]
+        return [(k, v if isinstance(v, str) else json.dumps(v)) for k, v in value.items()], _BODY
     pairs = _form_pairs(body, media)
-    return pairs if pairs else _query_pairs(url)
+    return (pairs, _BODY) if pairs else (_query_pairs(url), _QUERY)
 
 
-def _vonage(secret, http_method, url, headers, body, media, now, tolerance) -> None:
+def _vonage(secret, http_method, url, headers, body, media, now, tolerance) -> Signed:
     authorization = headers.get("authorization", "").strip()
     if authorization:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise SignatureError("the Authorization header is not a bearer token")
-        _vonage_bearer(secret, token.strip(), body, now, tolerance)
-        return
-    params = _vonage_params(url, body, media)
+        return _vonage_bearer(secret, token.strip(), body, now, tolerance)
+    params, covered = _vonage_params(url, body, media)
     given = dict(params).get("sig")
     if not given:
         raise SignatureError("no Authorization bearer token and no sig parameter")
@@ -465,7 +522,7 @@ def _vonage(secret, http_method, url, headers, body, media, now, tolerance) -> N
     _fresh(when, now, tolerance, "the timestamp parameter")
     for method in _SIG_HASHES.get(len(given), ()):
         if _equal(vonage_sig(secret, params, method).lower(), given.lower()):
-            return
+            return covered
     raise SignatureError("the sig parameter does not match")
 
 
@@ -493,24 +550,42 @@ _ZADARMA_FIELDS = {
 }
 
 
-def _zadarma(secret, http_method, url, headers, body, media, now, tolerance) -> None:
+def _zadarma(secret, http_method, url, headers, body, media, now, tolerance) -> Signed:
     signature = _header(headers, "Signature")
-    fields = dict(_form_pairs(body, media) or _query_pairs(url))
+    pairs = _form_pairs(body, media) or _query_pairs(url)
+    fields = dict(pairs)
     event = fields.get("event", "")
     names = _ZADARMA_FIELDS.get(event)
     if names is None:
         raise SignatureError(
             f"no known signature scheme for Zadarma event {event[:30]!r}: it cannot be verified"
         )
+    for name in ("event",) + names:
+        if sum(1 for n, _ in pairs if n == name) > 1:
+            raise SignatureError(f"the field {name!r} is given more than once")
+    if event == "SMS":
+        # An SMS notification is `event` and the signed `result`, nothing else: a field
+        # beside them is someone's attempt to add words to a genuine notification.
+        extra = sorted({n for n, _ in pairs} - {"event", "result"})
+        if extra:
+            shown = ", ".join(repr(n[:20]) for n in extra[:3])
+            raise SignatureError(f"unsigned field(s) {shown} beside the signed result")
     signed = "".join(fields.get(name, "") for name in names)
     if not _equal(zadarma_signature(secret, signed), signature):
         raise SignatureError("the Signature header does not match")
+    # Only those fields are signed: every other field of the request is the sender's
+    # word, and a message must come from the signed ones alone.  `event` is not signed
+    # itself, but it picks which fields are: another event either breaks the signature
+    # or reads the same signed fields.
+    return Signed(body=False, query=False,
+                  fields=tuple((n, fields[n]) for n in ("event",) + names if n in fields))
 
 
 _CHECKS = {
     "twilio": _twilio,
     "telnyx": _telnyx,
     "plivo": _plivo,
+    "plivo-v3": _plivo_v3,
     "vonage": _vonage,
     "zadarma": _zadarma,
 }
