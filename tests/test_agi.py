@@ -26,9 +26,10 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
 from websmsd.asterisk.agi import (
-    BODY_COMMAND, FAILED, QUEUED, SENT, AGIProtocolError, AGIRequest, AGIResult,
-    AGISession, Environment, FastAGIFactory, Hangup, Reply, command_bytes,
-    decode_body_reply, message_body, parse_environment, quote, set_variable)
+    BODY_COMMAND, FAILED, QUEUED, SENT, AGIProtocolError, AGISession, Environment, Hangup,
+    Reply, command_bytes, decode_body_reply, message_body, parse_environment, quote,
+    set_variable)
+from websmsd.asterisk.fastagi import AGIRequest, AGIResult, FastAGIFactory
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -32,7 +32,7 @@ from websmsd.asterisk.callfile import (
     split_body,
 )
 from websmsd.message import UnsafeValue, new_id
-from websmsd.settings import AstQueueSettings
+from websmsd.config import AstQueueSettings
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -836,7 +836,7 @@ def test_really_unwritable_dir_as_unprivileged_user(tmp_path):
         code = (
             "import sys, os\n"
             "from websmsd.asterisk.callfile import CallFileSpool\n"
-            "from websmsd.settings import AstQueueSettings\n"
+            "from websmsd.config import AstQueueSettings\n"
             f"q = AstQueueSettings(stagingdir={base + '/staging'!r},\n"
             f"    outgoingdir={base + '/outgoing'!r}, fileowner='root')\n"
             "s = CallFileSpool(q)\n"

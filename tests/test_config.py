@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from websmsd.config import ConfigError, load, loads, parse_ini, report, resp_check_pattern
-from websmsd.settings import (
+from websmsd.config import (
     AstQueueSettings,
     DaemonSettings,
     InboundInterface,

@@ -1,4 +1,4 @@
-"""Dispatcher, retry policy, both sinks and the outbox, on a task.Clock: no sleeps."""
+"""Dispatcher, retry policy, routes, the sinks and the outbox, on a task.Clock: no sleeps."""
 
 import os
 
@@ -6,12 +6,15 @@ import pytest
 from twisted.internet import defer, task
 
 from websmsd.asterisk.callfile import CallFileSpool, callfile_name
-from websmsd.delivery import CallFileSink, ITSPSink
+from websmsd.asterisk.spool import CallFileChannel
+from websmsd.channel import Outcome
+from websmsd.config import AstQueueSettings, OutboundInterface
+from websmsd.config.route import RouteRule, RouteSettings
 from websmsd.dispatch import Dispatcher, RetryPolicy
-from websmsd.http.itsp import Outcome
+from websmsd.itsp.sink import ITSPSink
 from websmsd.message import IN, OUT, Message
 from websmsd.outbox import Outbox
-from websmsd.settings import AstQueueSettings, OutboundInterface, OutboundSettings
+from websmsd.routing import Interface, Router
 from websmsd.store import Store
 
 
@@ -41,9 +44,23 @@ class FakeITSP:
         return d
 
 
-OK = Outcome(True, False, "200 OK")
-DOWN = Outcome(False, False, "connection refused")
-REFUSED = Outcome(False, True, "400 invalid number")
+class StandIn:
+    """A second kind of outbound channel (as a GoIP SIM would be): records what it is
+    given and answers as told."""
+
+    def __init__(self, route):
+        self.route = route
+        self.sent = []
+        self.outcomes = []
+
+    def send(self, message):
+        self.sent.append(message.body)
+        return defer.succeed(self.outcomes.pop(0) if self.outcomes else Outcome.sent())
+
+
+OK = Outcome.sent("200 OK")
+DOWN = Outcome.failed("connection refused")
+REFUSED = Outcome.failed("400 invalid number", permanent=True)
 
 POLICY = RetryPolicy(base=30, max_delay=300, max_attempts=4, max_age=86400)
 
@@ -54,26 +71,32 @@ def world(tmp_path):
     clock.advance(1_000_000)
     store = Store(str(tmp_path / "s.sqlite3"), clock, run_inline=True)
     store.open()
-    dispatcher = Dispatcher(store, clock)
+    dispatcher = Dispatcher(store, clock, POLICY)
     itsp = FakeITSP()
-    outbound = OutboundSettings((OutboundInterface(name="api-1"), OutboundInterface(name="api-2")))
-    sink = ITSPSink(store, dispatcher, itsp, outbound, POLICY, clock, concurrency=2)
-    dispatcher.add_sink(OUT, sink)
+    sinks = {}
+    for name in ("api-1", "api-2"):
+        sink = sinks[name] = ITSPSink(OutboundInterface(name=name), itsp, dispatcher.metrics)
+        dispatcher.add_route(sink.route, sink, concurrency=2)
+    sim = StandIn("goip:sim1")
+    dispatcher.add_route(sim.route, sim, concurrency=1, min_interval=5)
     q = AstQueueSettings(outgoingdir=str(tmp_path / "out"), stagingdir=str(tmp_path / "stage"))
     spool = CallFileSpool(q)
     spool.ensure_dirs()
-    calls = CallFileSink(store, dispatcher, spool, q, POLICY, clock, poll=0.5,
-                         run_in_thread=lambda f, *a: defer.maybeDeferred(f, *a))
-    dispatcher.add_sink(IN, calls)
+    calls = CallFileChannel(spool, q, clock, poll=0.5,
+                            run_in_thread=lambda f, *a: defer.maybeDeferred(f, *a))
+    dispatcher.add_batch_route("callfile", calls)
     dispatcher.startService()
-    outbox = Outbox(store, dispatcher, outbound, clock, wait=5)
+    interfaces = [Interface("api-1", "itsp"), Interface("api-2", "itsp"),
+                  Interface("sim1", "goip", ("+46701234567",))]
+    outbox = Outbox(store, dispatcher, Router(interfaces), clock, wait=5)
 
     class World:
         pass
 
     w = World()
     w.__dict__.update(clock=clock, store=store, dispatcher=dispatcher, itsp=itsp, outbox=outbox,
-                      spool=spool, q=q, tmp=tmp_path, calls=calls)
+                      spool=spool, q=q, tmp=tmp_path, calls=calls, sim=sim, sinks=sinks,
+                      interfaces=interfaces)
     yield w
     dispatcher.stopService()
     store.close()
@@ -91,8 +114,8 @@ def test_sent_on_first_attempt(world):
     assert (r.status, r.reason) == ("SENT", None)
     assert world.itsp.sent == [("api-2", "+1555", "+1666", "hello")]
     m = row(world, r.message_id)
-    assert (m.status, m.attempts, m.interface) == ("sent", 1, "api-2")
-    assert [a[1] for a in result(world.store.attempts(m.id))] == [1]
+    assert (m.status, m.attempts, m.route, m.source) == ("sent", 1, "itsp:api-2", "agi")
+    assert [a[1] for a in result(world.store.reader.attempts(m.id))] == [1]
 
 
 def test_transient_failures_back_off_then_give_up(world):
@@ -148,7 +171,7 @@ def test_unknown_index_and_unsafe_numbers_fail_without_storing(world):
     assert result(world.outbox.submit("+1555", "+1666", "x", "nope")).status == "FAILED"
     assert result(world.outbox.submit("+1555\nX: y", "+1666", "x")).status == "FAILED"
     assert result(world.outbox.submit("+1555", "+1666", "")).status == "FAILED"
-    assert result(world.store.recent()) == []
+    assert result(world.store.reader.recent()) == []
     assert world.itsp.sent == []
 
 
@@ -156,7 +179,7 @@ def test_a_message_is_never_sent_twice_at_once(world):
     d = world.outbox.submit("+1555", "+1666", "hello")
     world.clock.advance(0)
     for _ in range(5):  # wake-ups while the first try is still out
-        world.dispatcher.wake(OUT)
+        world.dispatcher.wake("itsp:api-1")
         world.clock.advance(0)
     assert len(world.itsp.sent) == 1
     world.itsp.held[0].callback(OK)
@@ -167,7 +190,7 @@ def test_a_message_is_never_sent_twice_at_once(world):
 # -- the call-file sink ------------------------------------------------------------------
 
 def inbound(w, body="hello", **kw):
-    m = Message(IN, "", "+1555", "+1666", body, channel="webhook", **kw)
+    m = Message(IN, "callfile", "+1555", "+1666", body, source="webhook", **kw)
     result(w.store.add([m]))
     w.clock.advance(0)
     return m
@@ -202,7 +225,7 @@ def test_unwritable_spool_keeps_the_message_queued_and_retries(world):
 
 
 def test_crash_after_staging_publishes_the_staged_file(world):
-    m = Message(IN, "", "+1555", "+1666", "hello", status="sending")
+    m = Message(IN, "callfile", "+1555", "+1666", "hello", status="sending")
     name = callfile_name(m.id, 0)
     world.spool.stage([(name, b"Channel: Local/+1555@default\n")])
     result(world.store.add([m]))
@@ -212,7 +235,7 @@ def test_crash_after_staging_publishes_the_staged_file(world):
 
 
 def test_crash_after_rename_does_not_write_again(world):
-    m = Message(IN, "", "+1555", "+1666", "hello", status="sending")
+    m = Message(IN, "callfile", "+1555", "+1666", "hello", status="sending")
     result(world.store.add([m]))  # "sending", nothing staged: the rename had happened
     world.clock.advance(0)
     assert os.listdir(world.q.outgoingdir) == []  # Asterisk had taken it already
@@ -237,14 +260,15 @@ def test_long_text_parts_wait_for_asterisk_to_take_the_previous_one(world):
 
 
 def test_a_message_cancelled_after_it_was_found_due_is_not_sent(world):
-    m = Message(OUT, "api-1", "+1555", "+1666", "hello", channel="api")
+    m = Message(OUT, "itsp:api-1", "+1555", "+1666", "hello", source="api")
     result(world.store.add([m]))
     # The owner cancels between the dispatcher's query and the send.
     real_claim = world.store.claim
 
-    def cancel_first(message_id, attempts):
-        result(world.store.cancel(message_id))
-        return real_claim(message_id, attempts)
+    def cancel_first(message_ids):
+        for message_id in message_ids:
+            result(world.store.cancel(message_id))
+        return real_claim(message_ids)
 
     world.store.claim = cancel_first
     world.clock.advance(0)
@@ -253,14 +277,16 @@ def test_a_message_cancelled_after_it_was_found_due_is_not_sent(world):
 
 
 def test_written_numbers_are_compacted_when_the_interface_knows_its_country(world):
-    us = OutboundSettings((OutboundInterface(name="us", num_country="US"),))
-    world.outbox.outbound = world.dispatcher._sinks[OUT].outbound = us
+    us = ITSPSink(OutboundInterface(name="us", num_country="US"), world.itsp,
+                  world.dispatcher.metrics)
+    world.dispatcher.add_route(us.route, us)
+    world.outbox.router = Router([Interface("us", "itsp", compact=True)])
     world.itsp.outcomes = [OK]
     d = world.outbox.submit("(206) 555-0100", "+1666", "hello")
     world.clock.advance(0)
     assert result(d).status == "SENT"
     assert world.itsp.sent == [("us", "2065550100", "+1666", "hello")]
-    world.outbox.outbound = OutboundSettings((OutboundInterface(name="plain"),))
+    world.outbox.router = Router([Interface("plain", "itsp")])
     assert result(world.outbox.submit("(206) 555-0100", "+1666", "x")).status == "FAILED"
 
 
@@ -294,9 +320,9 @@ def test_a_part_asterisk_does_not_take_is_looked_at_less_and_less_often(world):
     writes = []
     real_update = world.store.update
 
-    def counting(changes, attempts=None):
+    def counting(changes, attempts=None, wake=()):
         writes.append(world.clock.seconds())
-        return real_update(changes, attempts)
+        return real_update(changes, attempts, wake)
 
     world.store.update = counting
     for _ in range(120):  # ten minutes of an Asterisk that does not run
@@ -319,8 +345,8 @@ def test_publish_failing_halfway_writes_no_call_file_twice(world):
         raise OSError(28, "No space left on device")
 
     world.spool.publish = publish_first_only
-    a = Message(IN, "", "+1555", "+1666", "a", channel="webhook")
-    b = Message(IN, "", "+1555", "+1666", "b", channel="webhook")
+    a = Message(IN, "callfile", "+1555", "+1666", "a", source="webhook")
+    b = Message(IN, "callfile", "+1555", "+1666", "b", source="webhook")
     result(world.store.add([a, b]))
     world.clock.advance(0.02)
     asterisk_runs_the_spool()
@@ -332,3 +358,148 @@ def test_publish_failing_halfway_writes_no_call_file_twice(world):
     assert sorted(taken) == sorted([callfile_name(a.id, 0), callfile_name(b.id, 0)])
     assert row(world, a.id).status == row(world, b.id).status == "sent"
     assert os.listdir(world.q.stagingdir) == []
+
+
+# -- routes: several interfaces, fallbacks, down routes, limits ------------------------------
+
+
+def submitted(world, *args, **kw):
+    d = world.outbox.submit(*args, **kw)
+    world.clock.advance(0)
+    return d
+
+
+def test_each_message_reaches_the_interface_its_route_names(world):
+    world.itsp.outcomes = [OK, OK]
+    a = result(submitted(world, "+1555", "+1666", "to api-1", "api-1"))
+    b = result(submitted(world, "+1555", "+1666", "to api-2", "api-2"))
+    c = result(submitted(world, "+4670", "+1666", "to the sim", "sim1"))
+    assert [s[0] for s in world.itsp.sent] == ["api-1", "api-2"]
+    assert world.sim.sent == ["to the sim"]
+    assert (a.status, b.status, c.status) == ("SENT", "SENT", "SENT")
+    assert [row(world, r.message_id).route for r in (a, b, c)] == [
+        "itsp:api-1", "itsp:api-2", "goip:sim1"]
+
+
+def test_a_reply_leaves_through_the_interface_that_owns_the_sender_number(world):
+    # +46701234567 is the SIM's own number (configured): a message from it goes there.
+    result(submitted(world, "+4670", "+46701234567", "reply"))
+    assert world.sim.sent == ["reply"]
+    # A number the store saw messages come in on (a DID of api-2): learned.
+    result(world.store.add([Message(IN, "callfile", "+15550009999", "+1777", "hi",
+                                    source="webhook:api-2")]))
+    world.itsp.outcomes = [OK]
+    r = result(submitted(world, "+1777", "+15550009999", "answer"))
+    assert world.itsp.sent[-1][0] == "api-2"
+    m = row(world, r.message_id)
+    assert (m.route, m.fallback) == ("itsp:api-2", ("itsp:api-1",))
+
+
+def test_a_permanent_failure_moves_on_to_the_fallback_route(world):
+    world.outbox.router = Router(world.interfaces, RouteSettings(
+        rules=(RouteRule("nordic", ("+46",), ("sim1", "api-2")),)))
+    world.sim.outcomes = [Outcome.failed("SIM refused: barred destination", permanent=True)]
+    world.itsp.outcomes = [OK]
+    d = submitted(world, "+46709999999", "+1666", "hej")
+    world.clock.advance(5)
+    r = result(d)
+    assert r.status == "SENT", r
+    m = row(world, r.message_id)
+    assert world.sim.sent == ["hej"]
+    assert world.itsp.sent == [("api-2", "+46709999999", "+1666", "hej")]
+    assert (m.status, m.route, m.fallback, m.attempts) == ("sent", "itsp:api-2", (), 1)
+    tries = result(world.store.reader.attempts(m.id))
+    assert [(ok, detail) for _, ok, detail in tries] == [
+        (0, "SIM refused: barred destination"), (1, "200 OK")]
+
+
+def test_a_down_route_pauses_without_spending_attempts_and_resumes(world):
+    world.dispatcher.set_down("goip:sim1", "bind lost")
+    d = submitted(world, "+4670", "+1666", "wait for me", "sim1")
+    world.clock.advance(5)
+    r = result(d)
+    assert r.status == "QUEUED"
+    for _ in range(12):  # an hour while the SIM is down
+        world.clock.advance(300)
+    assert world.sim.sent == []
+    m = row(world, r.message_id)
+    assert (m.status, m.attempts) == ("queued", 0)
+    world.dispatcher.set_down("goip:sim1", None)
+    world.clock.advance(0)
+    assert world.sim.sent == ["wait for me"]
+    m = row(world, r.message_id)
+    assert (m.status, m.attempts) == ("sent", 1)
+
+
+def test_a_down_route_hands_messages_with_a_fallback_to_it(world):
+    world.dispatcher.set_down("goip:sim1", "bind lost")
+    world.outbox.router = Router(world.interfaces, RouteSettings(
+        rules=(RouteRule("nordic", ("+46",), ("sim1", "api-1")),)))
+    world.itsp.outcomes = [OK]
+    r = result(submitted(world, "+46709999999", "+1666", "via the fallback"))
+    world.clock.advance(0)
+    m = row(world, r.message_id)
+    assert (m.status, m.route, m.attempts) == ("sent", "itsp:api-1", 1)
+    # No attempt was spent on the route that was down.
+    assert [(ok, d) for _, ok, d in result(world.store.reader.attempts(m.id))] == [(1, "200 OK")]
+    assert world.sim.sent == []
+
+
+def test_a_down_route_fails_what_waited_longer_than_max_age(world):
+    world.dispatcher.set_down("goip:sim1", "phone silent")
+    r = result(world.outbox.submit("+4670", "+1666", "too late", "sim1", wait=0))
+    world.clock.advance(POLICY.max_age + 3600)
+    m = row(world, r.message_id)
+    assert m.status == "failed" and "down since" in m.reason and "phone silent" in m.reason
+    assert world.sim.sent == []
+
+
+def test_an_outcome_saying_down_pauses_the_route_and_a_probe_retries(world):
+    world.sim.outcomes = [Outcome.route_down("not bound")]
+    r = result(world.outbox.submit("+4670", "+1666", "first", "sim1", wait=0))
+    world.clock.advance(0)
+    assert world.dispatcher.is_down("goip:sim1") == "not bound"
+    m = row(world, r.message_id)
+    assert (m.status, m.attempts) == ("queued", 0) and "down" in m.reason
+    world.clock.advance(POLICY.base)  # the probe: one try again
+    world.clock.advance(5)
+    assert world.sim.sent == ["first", "first"]
+    assert row(world, r.message_id).status == "sent"
+    assert world.dispatcher.is_down("goip:sim1") is None
+
+
+def test_minimum_interval_between_sends_of_a_route(world):
+    for i in range(3):
+        world.outbox.submit("+4670", "+1666", f"m{i}", "sim1", wait=0)
+    world.clock.advance(0)
+    assert world.sim.sent == ["m0"]
+    world.clock.advance(4.9)
+    assert world.sim.sent == ["m0"]
+    world.clock.advance(0.1)
+    assert world.sim.sent == ["m0", "m1"]
+    world.clock.advance(5)
+    assert world.sim.sent == ["m0", "m1", "m2"]
+
+
+def test_a_polled_route_takes_and_records(world):
+    world.dispatcher.add_polled_route("smssync:phone1")
+    m = Message(OUT, "smssync:phone1", "+4670", "+1666", "for the phone", source="api")
+    result(world.store.add([m]))
+    world.clock.advance(10)
+    assert row(world, m.id).status == "queued"  # nobody pushes it
+    taken = result(world.dispatcher.take("smssync:phone1"))
+    assert [t.id for t in taken] == [m.id]
+    assert row(world, m.id).status == "sending"
+    assert result(world.dispatcher.take("smssync:phone1")) == []  # offered once
+    result(world.dispatcher.record(taken[0], Outcome.sent("the phone took it")))
+    assert (row(world, m.id).status, row(world, m.id).attempts) == ("sent", 1)
+
+
+def test_sends_are_measured_per_route(world):
+    world.itsp.outcomes = [OK, DOWN]
+    result(submitted(world, "+1555", "+1666", "a", "api-1"))
+    result(submitted(world, "+1555", "+1666", "b", "api-2"))
+    routes = world.dispatcher.metrics.routes
+    assert routes["itsp:api-1"].state == "ok" and routes["itsp:api-2"].state == "failing"
+    assert routes["itsp:api-2"].last_reason == "connection refused"
+    assert world.dispatcher.metrics.send_seconds.count("itsp:api-1") == 1

@@ -30,7 +30,7 @@ import pytest
 from test_inbound_events import Hook
 from test_webhook import http_request
 from websmsd.config import loads
-from websmsd.http import webhook
+from websmsd.itsp import fields as webhook
 
 NOW = 1_700_000_000
 PUBLIC = "https://pbx.example.com"

@@ -21,30 +21,16 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from test_webhook import Conn, http_request, parse_response
-from websmsd.http import signatures
-from websmsd.http.webhook import (
-    IGNORED,
-    MESSAGE,
-    REPORT,
-    BadNumber,
-    FieldError,
-    Ignored,
-    MissingField,
-    Report,
-    WebhookResource,
-    classify,
-    events_of,
-    extract,
-    extract_report,
-    find_all,
-    make_site,
-    matches,
-    media_links,
-    parse_fields,
-    report_status,
-)
+from websmsd.itsp import signatures
+from websmsd.http.site import IGNORED_EVENTS, make_site
+from websmsd.itsp.body import FieldError, parse_fields
+from websmsd.itsp.fields import find_all
+from websmsd.itsp.inbound import (IGNORED, MESSAGE, REPORT, BadNumber, Ignored, MissingField,
+                                  Report, classify, events_of, extract, extract_report, matches,
+                                  media_links, report_status)
+from websmsd.itsp.webhook import WebhookResource
 from websmsd.message import DELIVERED, FAILED, SENT, UnsafeValue
-from websmsd.settings import InboundInterface, InboundSettings
+from websmsd.config import InboundInterface, InboundSettings
 
 FIXTURES = Path(__file__).parent / "fixtures" / "providers"
 FORM = "application/x-www-form-urlencoded"
@@ -330,7 +316,7 @@ class Sinks:
         self.accepts.append((messages, d))
         return d
 
-    def report(self, provider_id, status, detail):
+    def report(self, provider_id, status, detail, interface=""):
         d = defer.Deferred()
         self.reports.append(((provider_id, status, detail), d))
         return d
@@ -435,7 +421,7 @@ def test_other_event_types_are_acknowledged_and_counted(events):
     assert (resp.status, resp.body) == (200, b'{"ok": true}')
     assert hook.sinks.accepts == [] and hook.sinks.reports == []
     assert hook.resource.ignored == {"matches neither msg_filter nor dlr_filter": 1}
-    [entry] = hook.resource.recent_ignored
+    [entry] = hook.resource.metrics.recent(IGNORED_EVENTS)
     assert entry["time"] == NOW and entry["source"] == "203.0.113.5" and entry["path"] == "/"
     assert hook.resource.refusals == {}
     [event] = [e for e in events if "ignored an event" in e.get("log_format", "")]
@@ -550,7 +536,7 @@ def test_twilio_inbound_and_status_callbacks_on_one_url():
     resp = hook.roundtrip(post("x.txt", body=body), fire=False)
     assert (resp.status, resp.body) == (200, b"<Response></Response>")
     assert hook.resource.ignored == {"intermediate delivery status": 1}
-    assert hook.resource.recent_ignored[-1]["detail"] == "sending"
+    assert hook.resource.metrics.recent(IGNORED_EVENTS)[0]["detail"] == "sending"
 
 
 def test_reports_without_a_report_sink_are_ignored():

@@ -25,19 +25,15 @@ from dataclasses import replace
 import pytest
 
 from websmsd import __version__
-from websmsd.http import itsp
-from websmsd.http.itsp import (
-    Outcome,
-    RequestError,
-    build_fields,
-    build_request,
-    check_response,
-    http_build_query,
-    php_ksort,
-    safe_url,
-    zadarma_signature,
-)
-from websmsd.settings import OutboundInterface
+from websmsd.channel import Outcome
+from websmsd.itsp import client as itsp_client
+from websmsd.itsp import request as itsp_request
+from websmsd.itsp import response as itsp_response
+from websmsd.itsp.phpcompat import http_build_query, php_ksort
+from websmsd.itsp.request import (RequestError, build_fields, build_request, safe_url,
+                                  zadarma_signature)
+from websmsd.itsp.response import check_response
+from websmsd.config import OutboundInterface
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -378,7 +374,7 @@ def judge(status, body, check=None, **kw):
 @pytest.mark.parametrize("body", [b"", b"not json", b'{"status":"error"}', b"\xff\xfe"])
 def test_2xx_without_check_is_sent(status, body):
     out = judge(status, body)
-    assert out == Outcome(True, False, out.reason, status)
+    assert out == Outcome(True, out.reason, code=status)
     assert out.reason.startswith(f"HTTP {status}")
 
 
@@ -416,7 +412,7 @@ def test_resp_check_key_value(check, passes):
     out = judge(200, NESTED, check)
     assert out.ok is passes
     assert out.permanent is (not passes)
-    assert out.status == 200
+    assert out.code == 200
 
 
 def test_resp_check_key_value_reasons():
@@ -484,7 +480,7 @@ def test_resp_check_unset_values():
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 599, 408, 429, 600, 99])
 def test_transient_statuses(status):
     out = judge(status, b'{"status":"success"}', "status=success")
-    assert (out.ok, out.permanent, out.status) == (False, False, status)
+    assert (out.ok, out.permanent, out.code) == (False, False, status)
     assert str(status) in out.reason
 
 
@@ -673,9 +669,9 @@ def test_num_country_before_numform():
     # ...but a number is a number first: 8 digits are a whole national number in Denmark
     dk = iface(auth_method="none", num_country="DK")
     assert build_fields(dk, "20123456", "32123456", "x") == {"To": "+4520123456", "From": "+4532123456", "Body": "x"}
-    with pytest.raises(itsp.InvalidNumber, match="^To "):
+    with pytest.raises(itsp_request.InvalidNumber, match="^To "):
         build_fields(i, "12", "Acme", "x")
-    with pytest.raises(itsp.InvalidNumber, match="^From "):
+    with pytest.raises(itsp_request.InvalidNumber, match="^From "):
         build_fields(i, "0701234567", "+46 12", "x")
     # without num_country nothing is checked, as in the PHP
     assert build_fields(iface(), "12", "x y", "b")["To"] == "12"
@@ -683,7 +679,7 @@ def test_num_country_before_numform():
 
 def test_204_is_sent_even_with_resp_check():
     out = judge(204, b"", "status=ok")
-    assert (out.ok, out.permanent, out.status) == (True, False, 204)
+    assert (out.ok, out.permanent, out.code) == (True, False, 204)
 
 
 @pytest.mark.parametrize("path, body, expected", [
@@ -705,7 +701,7 @@ def test_204_is_sent_even_with_resp_check():
     (None, b'{"id":"x"}', None),
 ])
 def test_response_id(path, body, expected):
-    assert itsp.response_id(path, body) == expected
+    assert itsp_response.response_id(path, body) == expected
 
 
 def test_provider_id_only_on_success():
@@ -787,7 +783,7 @@ from twisted.web import server  # noqa: E402
 from twisted.web.resource import Resource  # noqa: E402
 from treq.testing import StubTreq  # noqa: E402
 
-from websmsd.http.itsp import ITSPClient  # noqa: E402
+from websmsd.itsp.client import ITSPClient  # noqa: E402
 
 
 class RecordingITSP(Resource):
@@ -847,7 +843,7 @@ def test_client_sends_exact_request_and_reports_success(events):
     i = iface(url_host="http://itsp.test", url_path="/v1/sms/send/", auth_method="zadarma",
               auth_user="KEY", auth_secret="SECRET", resp_check="status=success")
     out = run(client.send(i, "+46701234567", "+46700000000", "Hej då 😀"))
-    assert out.ok and not out.permanent and out.status == 200
+    assert out.ok and not out.permanent and out.code == 200
     [seen] = itsp_.requests
     expected = build_request(i, "+46701234567", "+46700000000", "Hej då 😀")
     assert seen["method"] == b"POST"
@@ -877,7 +873,7 @@ def test_client_plain_auth_secret_never_logged(events):
     i = iface(url_host="http://itsp.test", url_path="/send?key=QUERYKEY", auth_method="plain",
               key_user="user", key_secret="key", auth_user="me", auth_secret="TOPSECRET")
     out = run(client.send(i, "1", "2", "private words"))
-    assert (out.ok, out.permanent, out.status) == (False, True, 401)
+    assert (out.ok, out.permanent, out.code) == (False, True, 401)
     assert "TOPSECRET" not in out.reason
     assert itsp_.requests[0]["uri"] == b"/send?key=QUERYKEY"
     assert itsp_.requests[0]["body"] == b"Body=private+words&From=2&To=1&key=TOPSECRET&user=me"
@@ -897,7 +893,7 @@ def test_client_does_not_follow_redirects():
     itsp_ = RecordingITSP(status=302, body=b"", headers=[(b"Location", b"http://elsewhere.test/x?k=1")])
     client, stub, clock = stub_client(itsp_)
     out = run(client.send(iface(url_host="http://itsp.test", auth_method="none"), "1", "2", "x"))
-    assert (out.ok, out.permanent, out.status) == (False, True, 302)
+    assert (out.ok, out.permanent, out.code) == (False, True, 302)
     assert "http://elsewhere.test/x" in out.reason
     assert len(itsp_.requests) == 1
 
@@ -907,7 +903,7 @@ def test_client_failures(status, permanent):
     itsp_ = RecordingITSP(status=status, body=b'{"status":"error"}')
     client, stub, clock = stub_client(itsp_)
     out = run(client.send(iface(url_host="http://itsp.test", auth_method="none", resp_check="status=success"), "1", "2", "x"))
-    assert (out.ok, out.permanent, out.status) == (False, permanent, status)
+    assert (out.ok, out.permanent, out.code) == (False, permanent, status)
 
 
 def test_client_timeout_is_transient():
@@ -921,7 +917,7 @@ def test_client_timeout_is_transient():
     clock.advance(0.2)
     [out] = results
     assert isinstance(out, Outcome)
-    assert (out.ok, out.permanent, out.status) == (False, False, None)
+    assert (out.ok, out.permanent, out.code) == (False, False, None)
     assert "timeout" in out.reason and "5 s" in out.reason
     assert not clock.getDelayedCalls()
 
@@ -946,7 +942,7 @@ def test_client_timeout_while_reading_the_body():
     assert results == []
     clock.advance(3.0)
     [out] = results
-    assert (out.ok, out.permanent, out.status) == (False, False, None)
+    assert (out.ok, out.permanent, out.code) == (False, False, None)
     assert "timeout" in out.reason
     assert not clock.getDelayedCalls()
 
@@ -955,7 +951,7 @@ def test_client_internal_error_is_an_outcome(monkeypatch, events):
     def broken(*args):
         raise TypeError("bug")
 
-    monkeypatch.setattr(itsp, "build_request", broken)
+    monkeypatch.setattr(itsp_client, "build_request", broken)
     client, stub, clock = stub_client(RecordingITSP())
     out = run(client.send(iface(url_host="http://itsp.test"), "1", "2", "x"))
     assert (out.ok, out.permanent) == (False, False) and "internal error" in out.reason
@@ -977,8 +973,9 @@ def test_client_log_events_format_and_hide_the_answer(events):
 
 
 def test_pure_layer_imports_no_twisted():
-    code = ("import sys, websmsd.http.itsp as m; m.build_request(m.OutboundInterface(), '1', '2', 'x');"
-            "m.check_response(m.OutboundInterface(resp_check='/x/'), 200, b'x');"
+    code = ("import sys, websmsd.itsp.request as m, websmsd.itsp.response as r;"
+            "m.build_request(m.OutboundInterface(), '1', '2', 'x');"
+            "r.check_response(m.OutboundInterface(resp_check='/x/'), 200, b'x');"
             "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('twisted', 'treq'));"
             "print(bad); sys.exit(1 if bad else 0)")
     env = dict(os.environ, PYTHONPATH=ROOT)
@@ -1017,7 +1014,7 @@ class FailingTreq:
 def test_client_network_errors_become_transient_outcomes(error, words, synchronous):
     client = ITSPClient(task.Clock(), treq_client=FailingTreq(error, synchronous))
     out = run(client.send(iface(url_host="http://itsp.test", auth_method="none"), "1", "2", "x"))
-    assert (out.ok, out.permanent, out.status) == (False, False, None)
+    assert (out.ok, out.permanent, out.code) == (False, False, None)
     assert words in out.reason
 
 
@@ -1102,7 +1099,7 @@ def test_policy_verifies_and_tls_ca_builds_a_trust_root(tmp_path):
     other, _ = make_cert(str(tmp_path), ("localhost",), "other")
     bundle = tmp_path / "bundle.pem"
     bundle.write_bytes(open(cert, "rb").read() + b"\n# comment\n" + open(other, "rb").read())
-    root = itsp.load_ca_bundle(str(bundle))
+    root = itsp_client.load_ca_bundle(str(bundle))
     assert IOpenSSLTrustRoot.providedBy(root)
     policy = client.policy_for(iface(tls_ca=str(bundle)))
     assert isinstance(policy, BrowserLikePolicyForHTTPS)
@@ -1236,7 +1233,7 @@ def _loopback_main(directory):  # pragma: no cover - runs in the child process
             return b'{"status":"success"}'
 
     def tuple_of(outcome):
-        return [outcome.ok, outcome.permanent, outcome.status, outcome.reason]
+        return [outcome.ok, outcome.permanent, outcome.code, outcome.reason]
 
     async def main():
         results = {}
@@ -1255,7 +1252,7 @@ def _loopback_main(directory):  # pragma: no cover - runs in the child process
         outcomes = []
         for _ in range(2):
             out = await client.send(i, "+46701234567", "+46700000000", "Hej då ~ 😀")
-            outcomes.append([out.ok, out.permanent, out.status])
+            outcomes.append([out.ok, out.permanent, out.code])
         expected = build_request(i, "+46701234567", "+46700000000", "Hej då ~ 😀")
         results["wire"] = {
             "port": number,

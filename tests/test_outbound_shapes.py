@@ -22,7 +22,8 @@ import textwrap
 import pytest
 
 from websmsd.config import loads
-from websmsd.http.itsp import build_request, check_response, json_document, response_id
+from websmsd.itsp.request import build_request, json_document
+from websmsd.itsp.response import check_response, response_id
 from websmsd.numbers import NumberError, normalise
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -510,7 +511,7 @@ def test_sipgate_and_its_204():
     assert req.header("Authorization") == basic("token-0A0AAA", "12345678-1234-1234-1234-1234567890ab")
     assert req.body == compact({"recipient": "+4915112345678", "smsId": "s0", "message": "Hi"})
     out = check_response(interface(SIPGATE), 204, b"")
-    assert (out.ok, out.status, out.provider_id) == (True, 204, None)
+    assert (out.ok, out.code, out.provider_id) == (True, 204, None)
 
 
 def test_custom_api_key_header_without_scheme():
@@ -599,7 +600,7 @@ from twisted.python.failure import Failure  # noqa: E402
 from twisted.web.resource import Resource  # noqa: E402
 from treq.testing import StubTreq  # noqa: E402
 
-from websmsd.http.itsp import ITSPClient  # noqa: E402
+from websmsd.itsp.client import ITSPClient  # noqa: E402
 
 
 class ITSP(Resource):
@@ -655,7 +656,7 @@ def test_client_json_bearer_byte_exact_and_the_id(log):
     itsp = ITSP(body=b'{"data":{"record_type":"message","id":"40385f64-5717-4562-b3fc-2c963f66afa6"}}')
     iface = local(TELNYX)
     out = fired(client_for(itsp).send(iface, TO, FROM, TEXT))
-    assert (out.ok, out.status, out.provider_id) == (True, 200, "40385f64-5717-4562-b3fc-2c963f66afa6")
+    assert (out.ok, out.code, out.provider_id) == (True, 200, "40385f64-5717-4562-b3fc-2c963f66afa6")
     [seen] = itsp.requests
     assert (seen["method"], seen["uri"]) == (b"POST", b"/v2/messages")
     assert seen["body"] == '{"to":"+14155550100","from":"+14155550199","text":"Hello from the PBX 😀"}'.encode()
@@ -684,7 +685,7 @@ def test_client_get_query(log):
 def test_client_204_is_sent():
     itsp = ITSP(status=204)
     out = fired(client_for(itsp).send(local(SIPGATE), "+4915112345678", "+4930123456", "Hi"))
-    assert (out.ok, out.permanent, out.status, out.provider_id) == (True, False, 204, None)
+    assert (out.ok, out.permanent, out.code, out.provider_id) == (True, False, 204, None)
 
 
 def test_client_missing_id_is_not_a_failure(log):
@@ -699,7 +700,7 @@ def test_client_invalid_number_fails_for_good_without_a_request():
     itsp = ITSP()
     client = client_for(itsp)
     out = fired(client.send(local(FLOWROUTE), "555-0100", "+12065550199", "x"))
-    assert (out.ok, out.permanent, out.status) == (False, True, None)
+    assert (out.ok, out.permanent, out.code) == (False, True, None)
     assert out.reason.startswith("not sent: To ") and "area code" in out.reason
     out = fired(client.send(local(FLOWROUTE), "+12065550100", "12", "x"))
     assert (out.ok, out.permanent) == (False, True) and "From" in out.reason
@@ -723,7 +724,7 @@ def test_client_secrets_never_in_reasons_or_logs(conf, secret, log):
               "basic": base64.b64encode(f"api-user:{secret}".encode()).decode()}
     itsp = ITSP(status=401, body=json.dumps(echoed).encode())
     out = fired(client_for(itsp).send(local(conf), "5559876543", "5551234567", "x"))
-    assert (out.ok, out.permanent, out.status) == (False, True, 401)
+    assert (out.ok, out.permanent, out.code) == (False, True, 401)
     dump = out.reason + repr([e for e in log if e.get("log_namespace") == "websmsd.itsp"])
     spellings = [secret, quote_plus(secret), json.dumps(secret)[1:-1]]
     if conf is BANDWIDTH:  # basic auth: the header's base64 is a credential too
@@ -825,7 +826,7 @@ def _wire_main():  # pragma: no cover - runs in the child process
         for name, conf, args in (("json", TELNYX, (TO, FROM, TEXT)),
                                  ("get", VOIPMS, ("5559876543", "5551234567", "Hi"))):
             out = await client.send(replace(interface(conf), url_host=url), *args)
-            results[name] = {"outcome": [out.ok, out.permanent, out.status, out.provider_id],
+            results[name] = {"outcome": [out.ok, out.permanent, out.code, out.provider_id],
                              "raw": base64.b64encode(factory.raw[-1]).decode()}
         await client.close()
         await port.stopListening()

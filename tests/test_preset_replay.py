@@ -253,7 +253,7 @@ MESSAGES = {
 
 
 def test_every_preset_with_a_webhook_is_replayed():
-    from websmsd import presets
+    from websmsd.itsp import presets
 
     assert set(MESSAGES) == set(INBOUND) == {p.name for p in presets.PRESETS.values() if p.websmsd}
 
@@ -298,7 +298,7 @@ def _set_at(node, path: str, value: str):
 def with_text(name: str, fixture: str, text: str, tag: str):
     """The fixture with its SMS text replaced by `text` (and its message id made new,
     so that the provider's retry rule does not hide it); and the text it had."""
-    from websmsd import presets
+    from websmsd.itsp import presets
 
     keys = presets.PRESETS[name].websmsd
     raw = (FIXTURES / fixture).read_bytes()
@@ -513,8 +513,8 @@ def test_every_preset_with_a_webhook_sends():
 def test_outbound_message_reaches_the_provider_in_its_shape(daemon, itsp, name):
     message_id, request = send(daemon, itsp, name)
     check_request(name, request)
-    assert daemon.rows("SELECT status, provider_id, interface FROM messages WHERE id = ?",
-                       (message_id,)) == [("sent", SENDS[name][3], name)]
+    assert daemon.rows("SELECT status, provider_id, route FROM messages WHERE id = ?",
+                       (message_id,)) == [("sent", SENDS[name][3], f"itsp:{name}")]
 
 
 # -- delivery reports -----------------------------------------------------------------

@@ -14,9 +14,9 @@ import textwrap
 
 import pytest
 
-from websmsd import presets
+from websmsd.itsp import presets
 from websmsd.config import ConfigError, loads, report, webhook_url
-from websmsd.http.itsp import build_request
+from websmsd.itsp.request import build_request
 
 PATH = "websms.conf"
 

@@ -13,8 +13,8 @@ from urllib.parse import urlencode
 
 import pytest
 
-from websmsd.http import signatures
-from websmsd.http.signatures import SignatureError, verify
+from websmsd.itsp import signatures
+from websmsd.itsp.signatures import SignatureError, verify
 
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"

@@ -25,13 +25,20 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from websmsd.asterisk.callfile import CallFileSpool
+from websmsd.asterisk.spool import CallFileChannel
+from websmsd.channel import ChannelState
 from websmsd.http import status
 from websmsd.http.api import Access
-from websmsd.http.webhook import WebhookResource, make_site
+from websmsd.http.board import ChannelBoard, listener_reporter
+from websmsd.http.model import StatusModel
+from websmsd.http.pages import CSRF, CSRF_LIFETIME
+from websmsd.http.site import make_site
+from websmsd.itsp.sink import ITSPSink
+from websmsd.itsp.webhook import WebhookResource
 from websmsd.message import CANCELLED, FAILED, IN, OUT, QUEUED, SENT, Message
-from websmsd.metrics import Family, Histogram, MeasuredClient, Metrics, exposition
+from websmsd.metrics import Family, Histogram, Metrics, exposition
 from websmsd.outbox import Submitted
-from websmsd.settings import (AstQueueSettings, InboundSettings, OutboundInterface,
+from websmsd.config import (AstQueueSettings, InboundSettings, OutboundInterface,
                               OutboundSettings)
 from websmsd.store import Store
 
@@ -71,14 +78,14 @@ class Response:
 
 
 class Harness:
-    """The status listener's Site with an inline store and fake channels."""
+    """The status listener's Site with an inline store and real channel objects."""
 
     def __init__(self, tmp_path, access: Optional[Access] = None, csrf_clock=None):
         self.store = Store(str(tmp_path / "store.sqlite3"), run_inline=True)
         self.store.open()
         self.now = 1_800_000_000.0
         self.clock = lambda: self.now
-        self.board = status.ChannelBoard()
+        self.board = ChannelBoard()
         self.metrics = Metrics()
         self.outbound = OutboundSettings((
             OutboundInterface(name="", url_host="https://user:pw@sms.example.net",
@@ -86,30 +93,25 @@ class Harness:
             OutboundInterface(name="backup", url_host="http://127.0.0.1:9"),
         ))
         self.sent = []
-
-        class FakeClient:
-            def send(inner, iface, to, sender, body):
-                self.now += 0.3
-                ok = iface.name == ""
-                return defer.succeed(SimpleNamespace(ok=ok, reason=None if ok else "HTTP 500"))
-
-        self.measured = MeasuredClient(FakeClient(), self.metrics.send_seconds, self.clock)
-        self.calls = SimpleNamespace(handed_over=3, last_error=None)
+        self.sinks = {i.name: ITSPSink(i, None, self.metrics) for i in self.outbound.interfaces}
+        for sink in self.sinks.values():
+            self.board.register(sink.status)
         self.spool = CallFileSpool(AstQueueSettings(
             outgoingdir=str(tmp_path / "outgoing"), stagingdir=str(tmp_path / "staging")))
-        self.webhook = WebhookResource(InboundSettings(), self.store.add, now=self.clock)
+        self.calls = CallFileChannel(self.spool, None, SimpleNamespace(seconds=self.clock),
+                                     run_in_thread=lambda f, *a: defer.maybeDeferred(f, *a),
+                                     since=self.now - 3600, metrics=self.metrics)
+        self.calls.handed_over = 3
+        self.board.register(self.calls.status)
+        self.webhook = WebhookResource(InboundSettings(), self.store.add, now=self.clock,
+                                       metrics=self.metrics)
+        self.board.register(listener_reporter("webhook", "tcp:8080", None, self.now - 3600))
         self.woken = []
-        self.model = status.StatusModel(
-            self.store, self.board, metrics=self.metrics, measured=self.measured,
-            calls=self.calls, webhook=self.webhook, outbound=self.outbound,
-            inbound=InboundSettings(), started=self.now - 3600, clock=self.clock,
-            wake=self.woken.append)
-        self.board.register(status.itsp_reporter(self.outbound, self.measured))
-        self.board.register(status.spool_reporter(
-            self.calls, self.spool, run_in_thread=lambda f: defer.maybeDeferred(f),
-            since=self.now - 3600))
-        self.board.register(status.listener_reporter(
-            "webhook", "tcp:8080", None, self.now - 3600, status.webhook_detail(self.webhook)))
+        self.store.listeners.append(self.woken.append)
+        self.model = StatusModel(
+            self.store, self.board, self.metrics,
+            routes=["callfile", *(s.route for s in self.sinks.values())],
+            started=self.now - 3600, clock=self.clock)
 
         harness = self
 
@@ -118,18 +120,26 @@ class Harness:
                 harness.sent.append((to, sender, body, index, channel))
                 return defer.succeed(Submitted("QUEUED", "0123456789abcdef0123", None))
 
-        self.csrf = status.CSRF(clock=csrf_clock or self.clock)
+        self.csrf = CSRF(clock=csrf_clock or self.clock)
         self.access = access or Access()
         self.resource = status.make_status_resource(self.model, Outbox(), self.access, self.csrf)
         self.site = make_site(self.resource, status.MAX_REQUEST_BODY, reactor=Clock())
+
+    def send(self, interface: str, ok: bool, reason: Optional[str] = None) -> None:
+        """One attempt on that interface's route, as the dispatcher measures it (0.3 s)."""
+        route = self.sinks[interface].route
+        self.metrics.sent(route, self.now, self.now + 0.3, ok, reason or (None if ok else "HTTP 500"))
+        self.now += 0.3
 
     def close(self) -> None:
         self.store.close()
 
     def add(self, direction=OUT, status_=FAILED, body="hello", to="+12025550160",
-            sender="+15017122661", reason=None, created=None, interface="", **kw) -> Message:
-        m = Message(direction, interface, to, sender, body, status=status_, reason=reason,
-                    channel="api" if direction == OUT else "webhook", **kw)
+            sender="+15017122661", reason=None, created=None, route=None, **kw) -> Message:
+        if route is None:
+            route = "itsp" if direction == OUT else "callfile"
+        m = Message(direction, route, to, sender, body, status=status_, reason=reason,
+                    source="api" if direction == OUT else "webhook", **kw)
         m.created = self.now - 60 if created is None else created
         self.store.add([m])
         return m
@@ -214,12 +224,12 @@ def test_message_text_and_peer_values_are_escaped(h):
 def test_page_shows_channels_queues_refusals_and_messages(h):
     failed = h.add(body="first", reason="HTTP 500: down")
     queued = h.add(status_=QUEUED, body="second", to="+4930123")
-    inbound = h.add(direction=IN, status_=SENT, body="third", to="100", sender="+4940111",
-                    provider_id="SM1")
-    h.store.report("SM1", "delivered", "handset", direction=IN)
+    inbound = h.add(direction=IN, status_=SENT, body="third", to="100", sender="+4940111")
+    reported = h.add(status_=SENT, body="fourth", provider_id="SM1")
+    h.store.report("SM1", ["itsp"], "delivered", "handset")
     old = h.add(body="two days old", created=h.now - 2 * 86400)
-    h.measured.send(h.outbound.interfaces[0], "+1", "+2", "x")
-    h.measured.send(h.outbound.interfaces[1], "+1", "+2", "x")
+    h.send("", True)
+    h.send("backup", False)
     h.webhook.record_refusal("bad_request", 400, "192.0.2.8", "/hook", "missing field From")
     page = h.get("/").text
     # channels: both ITSP interfaces (no credentials or query shown), spool, webhook
@@ -227,15 +237,15 @@ def test_page_shows_channels_queues_refusals_and_messages(h):
     assert "SECRET" not in page and "user:pw" not in page
     assert "HTTP 500" in page and "last success" in page
     assert "3 call files handed over" in page
-    assert "tcp:8080" in page and "1 requests refused since start" in page
+    assert "tcp:8080" in page and "1 request refused since start" in page
     # refusals by reason and the last ones (source, path, reason; never message text)
     assert "bad_request: <strong>1</strong>" in page
     assert "192.0.2.8" in page and "missing field From" in page
     # messages of the last 24 h, newest first, with status, tries, error, report
     ids = re.findall(r'<tr id="m-([0-9a-f]+)"', page)
-    assert set(ids) == {failed.id, queued.id, inbound.id}
+    assert set(ids) == {failed.id, queued.id, inbound.id, reported.id}
     assert old.id not in ids
-    row = re.search(r'<tr id="m-%s".*?</tr>' % inbound.id, page).group(0)
+    row = re.search(r'<tr id="m-%s".*?</tr>' % reported.id, page).group(0)
     assert "delivered" in row
     row = re.search(r'<tr id="m-%s".*?</tr>' % failed.id, page).group(0)
     assert "HTTP 500: down" in row and 'class="resend"' in row and 'class="cancel"' not in row
@@ -270,7 +280,7 @@ def test_search_by_number_and_limits_with_10000_messages(h):
 def test_message_page_shows_attempts_and_reports(h):
     m = h.add(status_=SENT, provider_id="P-1")
     h.store.update([], [(m.id, False, "HTTP 503 busy"), (m.id, True, "accepted")])
-    h.store.report("P-1", "delivered", "DELIVRD")
+    h.store.report("P-1", ["itsp"], "delivered", "DELIVRD")
     page = h.get(f"/messages/{m.id}").text
     assert "HTTP 503 busy" in page and "accepted" in page and "DELIVRD" in page
     assert h.get("/messages/ffffffffffffffffffff").status == 404
@@ -393,13 +403,14 @@ def test_resend_needs_a_good_csrf_token(h):
     assert r.status == 403
     assert h.request("GET", path).status == 405
     assert h.store.get(m.id).result.status == FAILED  # nothing changed so far
+    h.woken.clear()
     r = h.post_form(path, {"csrf": token, "number": "+1202", "hours": "48"},
                     {"Origin": "http://127.0.0.1:8480"})
     assert r.status == 303
     assert r.header("location") == "../../?number=%2B1202&hours=48"
     got = h.store.get(m.id).result
     assert (got.status, got.attempts, got.reason) == (QUEUED, 0, None)
-    assert h.woken == [OUT]
+    assert h.woken == ["itsp"]  # the dispatcher is told where to look
     # The message is queued now: resending it again is refused with a reason.
     r = h.post_form(path, {"csrf": token})
     assert r.status == 409 and "only failed or cancelled" in r.text
@@ -409,7 +420,7 @@ def test_cancel_button_and_expired_token(h):
     m = h.add(status_=QUEUED)
     page = h.get("/").text
     token = _token(page, m.id, "cancel")
-    h.now += status.CSRF_LIFETIME + 1
+    h.now += CSRF_LIFETIME + 1
     assert h.post_form(f"/messages/{m.id}/cancel", {"csrf": token}).status == 403
     token = _token(h.get("/").text, m.id, "cancel")
     r = h.post_form(f"/messages/{m.id}/cancel", {"csrf": token, "back": "message"})
@@ -425,7 +436,7 @@ def test_cancel_button_and_expired_token(h):
 def test_tokens_do_not_survive_a_restart(h):
     m = h.add()
     token = _token(h.get("/").text, m.id, "resend")
-    assert not status.CSRF().valid(token, "resend", m.id)
+    assert not CSRF().valid(token, "resend", m.id)
     assert h.csrf.valid(token, "resend", m.id)
 
 
@@ -434,8 +445,8 @@ def test_tokens_do_not_survive_a_restart(h):
 
 def test_api_status_has_the_page_data(h):
     h.add()
-    h.add(status_=QUEUED, interface="backup")
-    h.measured.send(h.outbound.interfaces[1], "+1", "+2", "x")
+    h.add(status_=QUEUED, route="itsp:backup")
+    h.send("backup", False)
     h.webhook.record_refusal("forbidden", 403, "192.0.2.9", "/x", "source not allowed")
     s = h.get("/api/status").json()
     kinds = [c["kind"] for c in s["channels"]]
@@ -445,13 +456,15 @@ def test_api_status_has_the_page_data(h):
     assert backup["info"]["last_failure_reason"] == "HTTP 500"
     assert s["channels"][0]["info"]["url"] == "https://sms.example.net/send"
     assert s["channels"][2]["info"]["handed_over"] == 3
-    queues = {(q["direction"], q["interface"]): q for q in s["queues"]}
-    assert queues[("out", "backup")]["depth"] == 1
-    assert queues[("out", "")]["statuses"] == {"failed": 1}
+    routes = {r["route"]: r for r in s["routes"]}
+    assert set(routes) == {"callfile", "itsp", "itsp:backup"}
+    assert (routes["itsp:backup"]["waiting"], routes["itsp:backup"]["state"]) == (1, "failing")
+    assert routes["itsp:backup"]["oldest"] == h.now - 60.3
+    assert routes["itsp:backup"]["last_failure_reason"] == "HTTP 500"
+    assert routes["itsp"]["waiting"] == 0 and routes["itsp"]["state"] == "idle"
     assert s["messages"]["out"] == {"failed": 1, "queued": 1}
     assert s["webhook"]["refusals"] == {"forbidden": 1}
     assert s["webhook"]["recent"][0]["source"] == "192.0.2.9"
-    assert s["binds_up"] == 0
 
 
 def test_api_resend_and_cancel(h):
@@ -488,7 +501,7 @@ def test_api_posts_need_json_from_a_browser(h):
 def test_api_messages_list_and_one_with_reports(h):
     m = h.add(status_=SENT, provider_id="P-9", to="+4930999")
     h.add(to="+1555")
-    h.store.report("P-9", "delivered", "DELIVRD")
+    h.store.report("P-9", ["itsp"], "delivered", "DELIVRD")
     found = h.get("/api/messages?number=%2B4930999").json()["messages"]
     assert [x["id"] for x in found] == [m.id]
     one = h.get(f"/api/messages/{m.id}").json()
@@ -509,10 +522,10 @@ def test_oversize_request_body_is_refused(h):
 
 
 def test_channels_register_their_state(h):
-    h.board.register(lambda: status.ChannelState("goip-1 bind", "up", h.now - 5, "bound TRX",
+    h.board.register(lambda: ChannelState("goip-1 bind", "up", h.now - 5, "bound TRX",
                                                  "smpp"))
     h.board.register(lambda: defer.succeed([
-        status.ChannelState("yeastar AMI", "down", None, "connection refused", "ami")]))
+        ChannelState("yeastar AMI", "down", None, "connection refused", "ami")]))
 
     def broken():
         raise RuntimeError("boom <x>")
@@ -565,12 +578,11 @@ def _parse_metrics(text: str) -> Dict[Tuple[str, str], float]:
 
 def test_metrics_format_and_values(h):
     h.add()
-    h.add(status_=QUEUED, interface="backup")
+    h.add(status_=QUEUED, route="itsp:backup")
     h.add(direction=IN, status_=SENT)
     h.webhook.record_refusal("too_large", 413, "192.0.2.1", "/", "too big")
-    h.measured.send(h.outbound.interfaces[0], "+1", "+2", "x")  # 0.3 s each
-    h.measured.send(h.outbound.interfaces[0], "+1", "+2", "x")
-    h.metrics.binds.set("goip-1", 1)
+    h.send("", True)  # 0.3 s each
+    h.send("", True)
     r = h.get("/metrics")
     assert r.status == 200
     assert r.header("content-type") == "text/plain; version=0.0.4; charset=utf-8"
@@ -579,20 +591,19 @@ def test_metrics_format_and_values(h):
     assert s[("websmsd_messages", 'direction="out",status="queued"')] == 1
     assert s[("websmsd_messages", 'direction="in",status="sent"')] == 1
     assert s[("websmsd_messages", 'direction="in",status="failed"')] == 0
-    assert s[("websmsd_queue_depth", 'direction="out",interface="backup"')] == 1
-    assert s[("websmsd_queue_depth", 'direction="out",interface=""')] == 0
+    assert s[("websmsd_queue_depth", 'route="itsp:backup"')] == 1
+    assert s[("websmsd_queue_depth", 'route="itsp"')] == 0
+    assert s[("websmsd_route_up", 'route="itsp"')] == 1
     assert s[("websmsd_webhook_refusals_total", 'reason="too_large"')] == 1
     assert s[("websmsd_webhook_refusals_total", 'reason="forbidden"')] == 0
-    assert s[("websmsd_callfiles_handed_over_total", "")] == 3
-    assert s[("websmsd_itsp_send_seconds_count", 'interface=""')] == 2
-    assert s[("websmsd_itsp_send_seconds_sum", 'interface=""')] == pytest.approx(0.6)
-    assert s[("websmsd_itsp_send_seconds_bucket", 'interface="",le="0.25"')] == 0
-    assert s[("websmsd_itsp_send_seconds_bucket", 'interface="",le="0.5"')] == 2
-    assert s[("websmsd_itsp_send_seconds_bucket", 'interface="",le="+Inf"')] == 2
-    assert s[("websmsd_itsp_send_seconds_count", 'interface="backup"')] == 0
-    assert s[("websmsd_binds_up", "")] == 1
-    assert s[("websmsd_bind_up", 'bind="goip-1"')] == 1
-    assert ("websmsd_itsp_last_success_timestamp_seconds", 'interface=""') in s
+    assert s[("websmsd_callfiles_total", 'event="handed_over"')] == 3
+    assert s[("websmsd_send_seconds_count", 'route="itsp"')] == 2
+    assert s[("websmsd_send_seconds_sum", 'route="itsp"')] == pytest.approx(0.6)
+    assert s[("websmsd_send_seconds_bucket", 'route="itsp",le="0.25"')] == 0
+    assert s[("websmsd_send_seconds_bucket", 'route="itsp",le="0.5"')] == 2
+    assert s[("websmsd_send_seconds_bucket", 'route="itsp",le="+Inf"')] == 2
+    assert s[("websmsd_send_seconds_count", 'route="itsp:backup"')] == 0
+    assert ("websmsd_last_success_timestamp_seconds", 'route="itsp"') in s
 
 
 def test_histogram_buckets_are_cumulative():
@@ -613,29 +624,16 @@ def test_label_values_are_escaped():
     assert "# HELP x_total a\\nb" in text
 
 
-def test_measured_client_records_failures_and_errors():
-    now = [100.0]
+def test_route_records_say_idle_ok_or_failing():
     metrics = Metrics()
-
-    class Client:
-        def send(self, iface, *a):
-            now[0] += 1
-            if iface.name == "boom":
-                raise RuntimeError("bug")
-            return defer.succeed(SimpleNamespace(ok=False, reason="HTTP 429"))
-
-        def close(self):
-            return "closed"
-
-    c = MeasuredClient(Client(), metrics.send_seconds, lambda: now[0])
-    c.send(OutboundInterface(name="a"), "+1", "+2", "x")
-    r = c.interfaces["a"]
-    assert (r.state, r.since, r.last_failure, r.last_reason, r.last_ok) == (
-        "failing", 101.0, 101.0, "HTTP 429", None)
-    failures = []
-    c.send(OutboundInterface(name="boom"), "+1", "+2", "x").addErrback(failures.append)
-    assert failures and c.interfaces["boom"].last_reason.startswith("internal error")
-    assert c.close() == "closed"  # everything else goes to the wrapped client
+    assert metrics.route("itsp:a").state == "idle"
+    metrics.sent("itsp:a", 100.0, 101.0, False, "HTTP 429")
+    r = metrics.route("itsp:a")
+    assert (r.state, r.last_failure, r.last_reason, r.last_success, r.sends) == (
+        "failing", 101.0, "HTTP 429", None, 1)
+    metrics.sent("itsp:a", 102.0, 102.5, True)
+    assert (r.state, r.last_success, r.sends) == ("ok", 102.5, 2)
+    assert metrics.send_seconds.count("itsp:a") == 2
 
 
 # -- black box: the real daemon ---------------------------------------------------------------
@@ -674,12 +672,12 @@ def test_daemon_api_shows_a_failed_message_and_resends_it(make_daemon, fake_itsp
     [itsp] = [c for c in st["channels"] if c["kind"] == "itsp"]
     assert itsp["name"] == "main" and itsp["state"] == "failing"
     assert "upstream down" in itsp["info"]["last_failure_reason"]
-    assert {c["kind"] for c in st["channels"]} >= {"itsp", "spool", "webhook", "fastagi",
+    assert {c["kind"] for c in st["channels"]} >= {"itsp", "spool", "webhook", "agi",
                                                    "status"}
     with urllib.request.urlopen(d.api_url + "/metrics", timeout=30) as r:
         metrics = _parse_metrics(r.read().decode())
     assert metrics[("websmsd_messages", 'direction="out",status="failed"')] == 1
-    assert metrics[("websmsd_itsp_send_seconds_count", 'interface="main"')] == 1
+    assert metrics[("websmsd_send_seconds_count", 'route="itsp:main"')] == 1
     with urllib.request.urlopen(d.api_url + "/", timeout=30) as r:
         page = r.read().decode()
     assert sent["id"] in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page

@@ -28,8 +28,9 @@ def store(tmp_path):
 
 
 def msg(body="hi", direction=IN, **kw):
-    return Message(direction, kw.pop("interface", ""), kw.pop("to", "+1555"),
-                   kw.pop("sender", "+1666"), body, **kw)
+    route = kw.pop("route", "callfile" if direction == IN else "itsp")
+    return Message(direction, route, kw.pop("to", "+1555"), kw.pop("sender", "+1666"), body,
+                   **kw)
 
 
 def test_fresh_store_has_every_schema_version_and_wal(tmp_path, store):
@@ -55,9 +56,50 @@ def test_upgrade_from_version_1_keeps_rows_and_backs_up(tmp_path):
     db.close()
     s = Store(str(path), run_inline=True)
     s.open()
-    assert result(s.get("00000000000000000001")).body == "old"
+    old = result(s.get("00000000000000000001"))
+    assert (old.body, old.route, old.source) == ("old", "itsp", "agi")
     assert (tmp_path / "old.sqlite3.v1.bak").exists()
-    assert result(s.report("P1", "delivered")) is None
+    assert result(s.report("P1", ["itsp"], "delivered")) is None
+    s.close()
+
+
+def test_upgrade_of_a_store_written_by_the_release_before_routes(tmp_path):
+    # tests/fixtures/store/websmsd-v4.sqlite3 was written by the release before the
+    # channel seam (schema 4: `channel` and `interface` columns, no routes).
+    import shutil
+    from pathlib import Path
+
+    path = tmp_path / "websmsd.sqlite3"
+    shutil.copy(Path(__file__).parent / "fixtures" / "store" / "websmsd-v4.sqlite3", path)
+    s = Store(str(path), run_inline=True)
+    s.open()
+    backup = tmp_path / "websmsd.sqlite3.v4.bak"
+    assert backup.exists()
+    assert sqlite3.connect(backup).execute("PRAGMA user_version").fetchone()[0] == 4
+    got = {m.id[-1]: m for m in result(s.reader.recent(limit=10))}
+    assert {k: (m.direction, m.source, m.route, m.status) for k, m in got.items()} == {
+        "1": ("in", "webhook", "callfile", "sent"),
+        "2": ("in", "webhook:tw", "callfile", "queued"),
+        "3": ("out", "agi", "itsp:api-1", "sent"),
+        "4": ("out", "cli", "itsp:api-1", "delivered"),
+        "5": ("out", "api", "itsp", "queued"),
+        "6": ("out", "agi", "itsp:api-2", "failed"),
+    }
+    assert (got["2"].progress, got["2"].provider_id, got["2"].dedupe_key) == (1, "SM123", "tw\x1fSM123")
+    assert (got["5"].attempts, got["5"].next_attempt, got["5"].reason) == (3, 1_780_000_500.0, "HTTP 503")
+    # What was due is due on its route; reports and attempts are kept; a report finds
+    # its message by route.
+    assert [m.body for m in result(s.due("itsp", 1_780_001_000.0))] == ["outbound, retrying"]
+    assert [m.body for m in result(s.due("callfile", 1_780_001_000.0))] == ["inbound, waiting for part 2"]
+    assert [r[1] for r in result(s.reader.reports([got["4"].id]))[got["4"].id]] == ["delivered"]
+    assert [r[2] for r in result(s.reader.attempts(got["6"].id))] == ["HTTP 400: bad number"]
+    assert result(s.report("prov-1", ["itsp:api-2"], "delivered")) is None
+    assert result(s.report("prov-1", ["itsp:api-1"], "delivered")) == got["3"].id
+    assert s.owners == {"+15550001000": "webhook:tw"}
+    db = sqlite3.connect(path)
+    columns = [r[1] for r in db.execute("PRAGMA table_info(messages)")]
+    assert "channel" not in columns and "interface" not in columns
+    assert {"route", "source", "fallback"} <= set(columns)
     s.close()
 
 
@@ -74,17 +116,51 @@ def test_newer_schema_is_refused(tmp_path):
 def test_dedupe_key_stores_a_resent_message_once(store):
     assert result(store.add([msg(dedupe_key="x\x1fSM1")])) == [True]
     assert result(store.add([msg(dedupe_key="x\x1fSM1"), msg(dedupe_key=None)])) == [False, True]
-    assert len(result(store.recent())) == 2
+    assert len(result(store.reader.recent())) == 2
 
 
 def test_due_is_oldest_first_and_skips_in_flight_and_future(store):
     a, b, c = msg("a", created=1.0), msg("b", created=2.0), msg("c", created=3.0, next_attempt=50.0)
-    result(store.add([c, b, a]))
-    assert [m.body for m in result(store.due(IN, 10.0))] == ["a", "b"]
-    assert [m.body for m in result(store.due(IN, 10.0, exclude=[a.id]))] == ["b"]
-    assert [m.body for m in result(store.due(IN, 60.0))] == ["a", "b", "c"]
-    assert result(store.due(OUT, 60.0)) == []
-    assert result(store.next_due(IN)) == 0.0
+    result(store.add([c, b, a, msg("d", direction=OUT, route="itsp:x")]))
+    assert [m.body for m in result(store.due("callfile", 10.0))] == ["a", "b"]
+    assert [m.body for m in result(store.due("callfile", 10.0, exclude=[a.id]))] == ["b"]
+    assert [m.body for m in result(store.due("callfile", 60.0))] == ["a", "b", "c"]
+    assert result(store.due("itsp", 60.0)) == []
+    assert [m.body for m in result(store.due("itsp:x", 60.0))] == ["d"]
+    assert result(store.next_due("callfile")) == 0.0
+
+
+def test_claim_takes_only_what_still_waits(store):
+    a, b, c = msg("a", direction=OUT), msg("b", direction=OUT), msg("c", direction=OUT)
+    result(store.add([a, b, c]))
+    result(store.cancel(b.id))
+    assert result(store.claim([a.id, b.id, c.id])) == [a.id, c.id]
+    assert result(store.get(a.id)).status == "sending"
+    assert result(store.claim([a.id])) == [a.id]  # "sending" (after a crash) is claimed again
+
+
+def test_fallback_routes_round_trip_and_reroute(store):
+    m = msg(direction=OUT, route="itsp:a", fallback=("itsp:b", "goip:sim1"))
+    result(store.add([m]))
+    assert result(store.get(m.id)).fallback == ("itsp:b", "goip:sim1")
+    woken = []
+    store.listeners.append(woken.append)
+    result(store.update([(m.id, {"route": "itsp:b", "fallback": ("goip:sim1",)})], wake=["itsp:b"]))
+    got = result(store.get(m.id))
+    assert (got.route, got.fallback) == ("itsp:b", ("goip:sim1",))
+    assert woken == ["itsp:b"]
+
+
+def test_owners_remember_where_messages_to_each_number_came_in(tmp_path, store):
+    result(store.add([msg(to="+4670", source="webhook:tw", created=1.0)]))
+    result(store.add([msg(to="+4670", source="goip:sim1", created=2.0),
+                      msg(to="+4671", source="goip:sim2", created=2.0)]))
+    assert store.owners == {"+4670": "goip:sim1", "+4671": "goip:sim2"}
+    store.close()
+    again = Store(store.path, run_inline=True)
+    again.open()
+    assert again.owners == {"+4670": "goip:sim1", "+4671": "goip:sim2"}
+    again.close()
 
 
 def test_update_records_attempts_and_refuses_unknown_columns(store):
@@ -92,7 +168,7 @@ def test_update_records_attempts_and_refuses_unknown_columns(store):
     result(store.add([m]))
     result(store.update([(m.id, {"status": "sent", "attempts": 1})], [(m.id, True, "200")]))
     assert result(store.get(m.id)).status == "sent"
-    [(at, ok, detail)] = result(store.attempts(m.id))
+    [(at, ok, detail)] = result(store.reader.attempts(m.id))
     assert (ok, detail) == (1, "200")
     with pytest.raises(ValueError):
         store.update([(m.id, {"direction": "in"})])
@@ -101,17 +177,27 @@ def test_update_records_attempts_and_refuses_unknown_columns(store):
 def test_reports_move_a_message_forward_only(store):
     m = msg(direction=OUT, provider_id="P-1", status="sent")
     result(store.add([m]))
-    assert result(store.report("P-1", "delivered")) == m.id
-    assert result(store.report("P-1", "sent")) == m.id  # late, out of order
+    assert result(store.report("P-1", ["itsp"], "delivered")) == m.id
+    assert result(store.report("P-1", ["itsp"], "sent")) == m.id  # late, out of order
     assert result(store.get(m.id)).status == "delivered"
-    assert result(store.report("P-1", "delivered")) == m.id  # resent by the provider
-    assert [r[1] for r in result(store.reports(m.id))] == ["delivered", "sent"]
-    assert result(store.report("unknown", "delivered")) is None
+    assert result(store.report("P-1", ["itsp"], "delivered")) == m.id  # resent by the provider
+    assert [r[1] for r in result(store.reader.reports([m.id]))[m.id]] == ["delivered", "sent"]
+    assert result(store.report("unknown", ["itsp"], "delivered")) is None
     f = msg(direction=OUT, provider_id="P-2", status="sent")
     result(store.add([f]))
-    result(store.report("P-2", "failed", "30003 unreachable"))
+    result(store.report("P-2", ["itsp"], "failed", "30003 unreachable"))
     got = result(store.get(f.id))
     assert (got.status, got.reason) == ("failed", "30003 unreachable")
+
+
+def test_reports_are_scoped_by_route(store):
+    # Two SIMs hand out the same message ids: a report is about its own route's message.
+    a = msg("a", direction=OUT, route="goip:sim1", provider_id="17", status="sent", created=1.0)
+    b = msg("b", direction=OUT, route="goip:sim2", provider_id="17", status="sent", created=2.0)
+    result(store.add([a, b]))
+    assert result(store.report("17", ["goip:sim1"], "delivered")) == a.id
+    assert result(store.get(b.id)).status == "sent"
+    assert result(store.report("17", ["goip:sim3"], "delivered")) is None
 
 
 def test_requeue_and_cancel(store):
@@ -128,14 +214,28 @@ def test_requeue_and_cancel(store):
 
 def test_search_by_number_treats_like_wildcards_literally(store):
     result(store.add([msg(to="+1555"), msg(to="+1_55"), msg(to="+1999", sender="100%")]))
-    assert [m.recipient for m in result(store.recent(number="_55"))] == ["+1_55"]
-    assert [m.sender for m in result(store.recent(number="%"))] == ["100%"]
-    assert len(result(store.recent(number="55"))) == 2
+    assert [m.recipient for m in result(store.reader.recent(number="_55"))] == ["+1_55"]
+    assert [m.sender for m in result(store.reader.recent(number="%"))] == ["100%"]
+    assert len(result(store.reader.recent(number="55"))) == 2
 
 
 def test_counts(store):
-    result(store.add([msg(), msg(), msg(direction=OUT, interface="api-1", status="failed")]))
-    assert result(store.counts()) == {("in", "", "queued"): 2, ("out", "api-1", "failed"): 1}
+    result(store.add([msg(), msg(), msg(direction=OUT, route="itsp:api-1", status="failed")]))
+    assert result(store.reader.counts()) == {("in", "callfile", "queued"): 2,
+                                             ("out", "itsp:api-1", "failed"): 1}
+
+
+def test_reads_for_people_use_a_read_only_connection(tmp_path):
+    s = Store(str(tmp_path / "r.sqlite3"), ThreadReactor())
+    s.open()
+    reader = s.reader
+    db = reader._connect()
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        db.execute("DELETE FROM messages")
+    assert db is not s._db
+    reader.close()
+    s._queue.put(None)
+    s._thread.join()
 
 
 class ThreadReactor:

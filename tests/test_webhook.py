@@ -19,21 +19,15 @@ from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from websmsd.http import webhook
-from websmsd.http.webhook import (
-    FieldError,
-    MissingField,
-    UnsupportedMediaType,
-    WebhookRequest,
-    WebhookResource,
-    extract,
-    find,
-    make_message,
-    make_site,
-    parse_fields,
-)
+from websmsd.http import site as webhook_site
+from websmsd.http.site import WebhookRequest, make_site
+from websmsd.itsp import inbound as webhook
+from websmsd.itsp.body import FieldError, UnsupportedMediaType, parse_fields
+from websmsd.itsp.fields import find
+from websmsd.itsp.inbound import MissingField, extract, make_message
+from websmsd.itsp.webhook import WebhookResource
 from websmsd.message import IN, UnsafeValue
-from websmsd.settings import InboundInterface, InboundSettings
+from websmsd.config import InboundInterface, InboundSettings
 
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
@@ -394,7 +388,7 @@ def test_extract_provider_id_and_message():
     fields = extract(iface, tree)
     assert fields == webhook.Fields("+15552223333", "+15550001111", "hi", "m-1")
     msg = make_message(iface, fields)
-    assert (msg.direction, msg.channel, msg.interface) == (IN, "webhook", "telnyx")
+    assert (msg.direction, msg.source) == (IN, "webhook:telnyx")
     assert (msg.recipient, msg.sender, msg.body) == ("+15552223333", "+15550001111", "hi")
     assert msg.provider_id == "m-1"
     assert msg.dedupe_key == "telnyx\x1fm-1"
@@ -592,7 +586,7 @@ def test_post_form_answered_only_after_commit():
     assert conn.transport.value() == b""  # not before the commit fired
     messages, d = hook.store.calls[0]
     [msg] = messages
-    assert (msg.direction, msg.channel, msg.interface) == (IN, "webhook", "")
+    assert (msg.direction, msg.source) == (IN, "webhook")
     assert (msg.recipient, msg.sender, msg.body) == ("100", "+15551234567", "Hello world")
     assert msg.provider_id is None and msg.dedupe_key is None
     d.callback([True])
@@ -932,12 +926,12 @@ def test_indexed_remt_addr_selects_interface():
         http_request(body=b"To=1&From=2"), peer=IPv4Address("TCP", "203.0.113.9", 1)
     )
     assert (resp.status, resp.body) == (200, b"A")
-    assert hook.store.messages[-1].interface == "a"
+    assert hook.store.messages[-1].source == "webhook:a"
     resp = hook.roundtrip(
         http_request(body=b"dst=1&From=2"), peer=IPv4Address("TCP", "198.51.100.7", 1)
     )
     assert (resp.status, resp.body) == (200, b"B")
-    assert hook.store.messages[-1].interface == "b"
+    assert hook.store.messages[-1].source == "webhook:b"
 
 
 def test_refused_source_is_403_with_reason(events):
@@ -1106,8 +1100,9 @@ def test_request_args_before_and_after_receipt():
 SERVER = r"""
 import sys
 from twisted.internet import reactor, defer
-from websmsd.http.webhook import WebhookResource, make_site
-from websmsd.settings import InboundSettings, InboundInterface
+from websmsd.http.site import make_site  # noqa: F811
+from websmsd.itsp.webhook import WebhookResource  # noqa: F811
+from websmsd.config import InboundSettings, InboundInterface
 
 out = open(sys.argv[1], "a", buffering=1)
 

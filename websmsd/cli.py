@@ -9,44 +9,9 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional
 
 EX_SENT, EX_FAILED, EX_QUEUED = 0, 1, 75  # 75: EX_TEMPFAIL, "accepted, will retry"
-
-
-def api_address(description: str) -> Tuple[str, int]:
-    """host, port to reach a `tcp:`/`tcp6:` listener given as an endpoint string."""
-    parts, current, escaped = [], "", False
-    for ch in description:
-        if escaped:
-            current += ch
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == ":":
-            parts.append(current)
-            current = ""
-        else:
-            current += ch
-    parts.append(current)
-    kind, args = parts[0], parts[1:]
-    if kind not in ("tcp", "tcp6"):
-        raise ValueError(f"the local API listens on {description!r}; websms needs tcp")
-    port, host = None, None
-    for arg in args:
-        if arg.startswith("port="):
-            port = int(arg[5:])
-        elif arg.startswith("interface="):
-            host = arg[10:]
-        elif port is None and arg.isdigit():
-            port = int(arg)
-    if port is None:
-        raise ValueError(f"no port in {description!r}")
-    if host in (None, "", "0.0.0.0"):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    return host, port
 
 
 def websms_main(argv: Optional[List[str]] = None) -> int:
@@ -70,10 +35,11 @@ def websms_main(argv: Optional[List[str]] = None) -> int:
     token = None
     if url is None:
         from websmsd.config import ConfigError, load
+        from websmsd.endpoints import client_address
 
         try:
             settings = load(args.config or default_config())
-            host, port = api_address(settings.daemon.status_listen[0])
+            host, port = client_address(settings.daemon.status_listen[0])
             token = settings.daemon.status_token
         except (ConfigError, OSError, ValueError, IndexError) as e:
             print(f"websms: cannot find the daemon's local API: {e}", file=sys.stderr)
@@ -116,6 +82,11 @@ def websmsd_main(argv: Optional[List[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check-config", help="read websms.conf, print what it means")
     check.add_argument("file", nargs="?", default=None)
+    check.add_argument("--route", metavar="NUMBER", default=None,
+                       help="print which interface would carry a message to NUMBER, and why")
+    check.add_argument("--from", dest="sender", metavar="NUMBER", default="",
+                       help="with --route: the sender (a reply leaves the way it came in)")
+    check.add_argument("--index", default="", help="with --route: WEBSMS_INDEX")
     run = sub.add_parser("run", help="run the daemon in the foreground (twistd -n websmsd)")
     run.add_argument("--config", default=None)
     args = parser.parse_args(argv)
@@ -129,12 +100,49 @@ def websmsd_main(argv: Optional[List[str]] = None) -> int:
         except (ConfigError, OSError) as e:
             print(f"websmsd: {e}", file=sys.stderr)
             return 2
+        if args.route is not None:
+            return _explain_route(settings, args.route, args.sender, args.index)
         print(report(settings))
         return 0
     twistd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
               "--nodaemon", "--pidfile=", "websmsd", "--config", args.config or default_config()]
     os.execv(sys.executable, twistd)
     return 1  # not reached
+
+
+def _explain_route(settings: Any, to: str, sender: str, index: str) -> int:
+    """`websmsd check-config --route NUMBER [--from NUMBER]`: the router's decision, with
+    what the store knows of where messages to the sender came in (if it can be read)."""
+    from websmsd.routing import router_for
+
+    came_in_on = _came_in_on(settings.daemon.store, sender) if sender else None
+    decision = router_for(settings).outbound(to, sender, index or None, came_in_on=came_in_on)
+    if decision.route is None:
+        print(f"no route for {to}: {decision.reason}")
+        return 1
+    print(f"{to}" + (f" from {sender}" if sender else "") + f": via {decision.route}")
+    for route in decision.fallback:
+        print(f"  then {route}")
+    print(f"  because: {decision.reason}")
+    return 0
+
+
+def _came_in_on(path: str, number: str) -> Optional[str]:
+    """Where the last message to `number` came in, from the store, read-only; None
+    when the store cannot be read (not there, no permission)."""
+    import sqlite3
+    from urllib.parse import quote
+
+    try:
+        db = sqlite3.connect("file:" + quote(os.path.abspath(path)) + "?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT source FROM messages WHERE direction = 'in' AND recipient = ?"
+                             " ORDER BY created DESC LIMIT 1", (number,)).fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+    return row[0] if row else None
 
 
 if __name__ == "__main__":  # pragma: no cover

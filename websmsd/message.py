@@ -7,7 +7,9 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Tuple
+
+from websmsd.text import shown
 
 # Directions
 IN = "in"  # towards the PBX (ITSP webhook -> Asterisk)
@@ -45,13 +47,16 @@ def new_id(now: Optional[float] = None) -> str:
 @dataclass
 class Message:
     direction: str
-    interface: str
+    # The interface that carries it (websmsd.channel: "itsp:api-1", "callfile",
+    # "goip:sim1"...), and where it came from ("webhook:tw", "agi", "cli", "api",
+    # "goip:sim1"...).
+    route: str
     recipient: str
     sender: str
     body: str
     id: str = field(default_factory=new_id)
     status: str = QUEUED
-    channel: str = ""  # the sink (out: "itsp") or source (in: "webhook")
+    source: str = ""
     reason: Optional[str] = None  # why it failed, or the last attempt's error
     attempts: int = 0
     created: float = field(default_factory=time.time)
@@ -64,6 +69,8 @@ class Message:
     # How many parts of it have been handed over (long inbound texts are split into
     # several call files, handed over one at a time).
     progress: int = 0
+    # The routes to try next, in order, when this one fails it for good or is down.
+    fallback: Tuple[str, ...] = ()
 
 
 class UnsafeValue(ValueError):
@@ -83,18 +90,14 @@ _SENDER = re.compile(r"\+?[A-Za-z0-9][A-Za-z0-9.*_\-+]*(?: [A-Za-z0-9.*_\-+]+)*"
 def check_recipient(value: str) -> str:
     """Return `value` if it is a plausible number or SIP user to deliver to, else raise."""
     if not isinstance(value, str) or not _RECIPIENT.fullmatch(value):
-        raise UnsafeValue(f"recipient {_show(value)} is not a number or SIP user")
+        raise UnsafeValue(f"recipient {shown(value)} is not a number or SIP user")
     return value
 
 
 def check_sender(value: str) -> str:
     """Return `value` if it is a plausible sender number or alphanumeric id, else raise."""
     if not isinstance(value, str) or len(value) > 64 or not _SENDER.fullmatch(value):
-        raise UnsafeValue(f"sender {_show(value)} is not a number, SIP user or sender id")
+        raise UnsafeValue(f"sender {shown(value)} is not a number, SIP user or sender id")
     return value
 
 
-def _show(value: object, limit: int = 40) -> str:
-    """A value as it may appear in a log line or an error reply: escaped and short."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

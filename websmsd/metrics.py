@@ -1,21 +1,22 @@
 """What the daemon measures about itself, for /metrics and the status page.
 
-Small on purpose: a histogram, a gauge channels can set, and a wrapper that times an
-ITSP client's sends.  Rendered in the Prometheus text format (version 0.0.4) by
-`exposition`.  Nothing here imports twisted.web; the wrapper needs only Deferreds.
+Small on purpose: counters by reason, a bounded list of recent events of each kind, what
+each route achieved (sends timed in a histogram, last success and last failure), all
+rendered in the Prometheus text format (version 0.0.4) by `exposition`.  Channels and the
+dispatcher write here; the status listener only reads.  Pure Python.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
-
-from twisted.internet import defer
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Deque, Dict, Iterable, List, Optional, Sequence, Tuple
 
 Labels = Tuple[Tuple[str, str], ...]
 
-# Seconds.  An ITSP answers in tens of milliseconds to a few seconds; http_timeout
-# (30 s by default) caps a send.
+# Seconds.  A peer answers in tens of milliseconds to a few seconds; http_timeout (30 s
+# by default) caps an ITSP's send.
 SEND_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -73,7 +74,7 @@ def exposition(families: Iterable[Family]) -> str:
 
 
 class Histogram:
-    """A Prometheus histogram with one label (e.g. the interface)."""
+    """A Prometheus histogram with one label (e.g. the route)."""
 
     def __init__(self, name: str, help: str, label: str,
                  buckets: Sequence[float] = SEND_BUCKETS):
@@ -118,83 +119,28 @@ class Histogram:
         return f
 
 
-class Gauge:
-    """Values channels set by name, e.g. whether each SMPP bind is up (1) or not (0)."""
+@dataclass
+class RouteRecord:
+    """What one route achieved since the daemon started."""
 
-    def __init__(self) -> None:
-        self.values: Dict[str, float] = {}
+    sends: int = 0
+    last_success: Optional[float] = None
+    last_failure: Optional[float] = None
+    last_reason: Optional[str] = None  # of the last failure
+    down: Optional[str] = None  # why the route is down now (None: up)
+    down_since: Optional[float] = None
 
-    def set(self, name: str, value: float) -> None:
-        self.values[name] = value
-
-    def remove(self, name: str) -> None:
-        self.values.pop(name, None)
-
-    def total(self) -> float:
-        return sum(self.values.values())
-
-
-class SendRecord:
-    """What is known of one ITSP interface since the daemon started."""
-
-    __slots__ = ("state", "since", "last_ok", "last_failure", "last_reason", "sends")
-
-    def __init__(self) -> None:
-        self.state = "idle"  # idle (no send yet), ok, failing
-        self.since: Optional[float] = None  # when the state began
-        self.last_ok: Optional[float] = None
-        self.last_failure: Optional[float] = None
-        self.last_reason: Optional[str] = None  # of the last failure
-        self.sends = 0
+    @property
+    def state(self) -> str:
+        if not self.sends:
+            return "idle"
+        if self.last_failure is not None and (self.last_success is None
+                                              or self.last_failure > self.last_success):
+            return "failing"
+        return "ok"
 
 
-class MeasuredClient:
-    """An ITSP client that times each send and remembers how each interface fares.
-
-    It wraps the client the ITSP sink uses (`send(iface, to, sender, body)` firing with
-    an Outcome that has `ok` and `reason`), so delivery code needs no hook.
-    """
-
-    def __init__(self, client: Any, histogram: Histogram, clock: Callable[[], float]):
-        self._client = client
-        self.histogram = histogram
-        self.clock = clock
-        self.interfaces: Dict[str, SendRecord] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
-
-    def record(self, name: str) -> SendRecord:
-        return self.interfaces.setdefault(name, SendRecord())
-
-    def send(self, iface: Any, *args: Any, **kw: Any) -> defer.Deferred:
-        started = self.clock()
-        d = defer.maybeDeferred(self._client.send, iface, *args, **kw)
-
-        def done(outcome: Any) -> Any:
-            self._outcome(iface.name, started, bool(outcome.ok),
-                          getattr(outcome, "reason", None))
-            return outcome
-
-        def failed(failure: Any) -> Any:
-            self._outcome(iface.name, started, False, f"internal error: {failure.value}")
-            return failure
-
-        d.addCallbacks(done, failed)
-        return d
-
-    def _outcome(self, name: str, started: float, ok: bool, reason: Optional[str]) -> None:
-        now = self.clock()
-        self.histogram.observe(max(0.0, now - started), name)
-        r = self.record(name)
-        r.sends += 1
-        state = "ok" if ok else "failing"
-        if state != r.state:
-            r.state, r.since = state, now
-        if ok:
-            r.last_ok = now
-        else:
-            r.last_failure, r.last_reason = now, reason or "unknown"
+RECENT = 50  # events kept of each kind
 
 
 class Metrics:
@@ -202,9 +148,42 @@ class Metrics:
 
     def __init__(self) -> None:
         self.send_seconds = Histogram(
-            "websmsd_itsp_send_seconds",
-            "Duration of each request to an ITSP's HTTP API, by [websms] interface.",
-            "interface",
+            "websmsd_send_seconds",
+            "Duration of each attempt to hand a message on, by route.",
+            "route",
         )
-        # SMPP binds (and the like) set themselves here: 1 up, 0 down.
-        self.binds = Gauge()
+        self.routes: Dict[str, RouteRecord] = {}
+        # Counters by name, then by key (e.g. "webhook_refusals" by reason).
+        self.counters: Dict[str, Counter] = {}
+        # The last RECENT events of each kind (e.g. "refusals": time, source, path,
+        # reason; never message text).
+        self.events: Dict[str, Deque[dict]] = {}
+
+    def route(self, route: str) -> RouteRecord:
+        return self.routes.setdefault(route, RouteRecord())
+
+    def sent(self, route: str, started: float, now: float, ok: bool,
+             reason: Optional[str] = None) -> None:
+        """An attempt on `route` that began at `started` ended now, well or not."""
+        self.send_seconds.observe(max(0.0, now - started), route)
+        r = self.route(route)
+        r.sends += 1
+        if ok:
+            r.last_success = now
+        else:
+            r.last_failure, r.last_reason = now, reason or "unknown"
+
+    def count(self, name: str, key: str, n: int = 1) -> None:
+        self.counters.setdefault(name, Counter())[key] += n
+
+    def counter(self, name: str) -> Counter:
+        return self.counters.setdefault(name, Counter())
+
+    def note(self, kind: str, event: dict) -> None:
+        self.events.setdefault(kind, deque(maxlen=RECENT)).append(event)
+
+    def recent(self, kind: str, n: int = RECENT) -> List[dict]:
+        """The last `n` events of `kind`, newest first."""
+        found = list(self.events.get(kind, ()))[-n:]
+        found.reverse()
+        return found

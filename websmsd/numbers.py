@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import re
 
+from websmsd.text import shown
+
 __all__ = ["NumberError", "normalise"]
 
 
@@ -25,10 +27,6 @@ class NumberError(ValueError):
 # but here a letter means an alphanumeric sender name or a mistake, not a vanity number.
 _NUMBER_TEXT = re.compile(r"\+?[0-9 ()./-]+")
 _MAX_LENGTH = 64
-
-
-def _shown(text: str) -> str:
-    return repr(text if len(text) <= 40 else text[:37] + "...")
 
 
 def normalise(number: str, country: str) -> str:
@@ -53,7 +51,7 @@ def normalise(number: str, country: str) -> str:
         raise NumberError("the number is empty")
     if len(text) > _MAX_LENGTH or not _NUMBER_TEXT.fullmatch(text):
         raise NumberError(
-            f"{_shown(text)} is not a phone number"
+            f"{shown(text)} is not a phone number"
             " (digits, a leading + and the separators space ( ) - . / only)"
         )
     import phonenumbers  # lazily: see the module docstring
@@ -104,7 +102,7 @@ def _parse_problem(text: str, exc: Exception) -> str:
         phonenumbers.NumberParseException.TOO_SHORT_NSN: "is too short",
         phonenumbers.NumberParseException.TOO_LONG: "is too long",
     }
-    return f"{_shown(text)} {reasons.get(kind, 'is not a phone number')}"
+    return f"{shown(text)} {reasons.get(kind, 'is not a phone number')}"
 
 
 def _length_problem(phonenumbers, text: str, parsed, reason: int) -> str:  # type: ignore[no-untyped-def]
@@ -117,4 +115,4 @@ def _length_problem(phonenumbers, text: str, parsed, reason: int) -> str:  # typ
         result.INVALID_LENGTH: f"has no valid length for a {code} number",
         result.IS_POSSIBLE_LOCAL_ONLY: "is a local number: write it with its area code",
     }.get(reason, "is not a phone number")
-    return f"{_shown(text)} {why}"
+    return f"{shown(text)} {why}"

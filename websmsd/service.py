@@ -1,25 +1,28 @@
-"""The wiring diagram: one MultiService, a child for each listener and worker.
+"""The wiring diagram: one MultiService, a named child for each listener and worker.
 
-This is the only module that knows every channel.
+This is the only module that knows every channel.  Read top to bottom: the store and the
+dispatcher; the routes (call files to the PBX, one per interface out of it); the router
+and the outbox; then the listeners (webhooks, FastAGI, the status page and API).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.internet import defer, endpoints
+from twisted.application import service, strports
+from twisted.application.internet import TimerService
+from twisted.internet import defer
 from twisted.logger import Logger
 
-from websmsd.message import IN, OUT
-from websmsd.settings import Settings
+from websmsd.config import Settings
 
 log = Logger()
 
 
 class StoreService(service.Service):
     """Opens the store when the daemon starts, closes it (after the last commit) on stop."""
+
+    name = "store"
 
     def __init__(self, store: Any):
         self.store = store
@@ -34,17 +37,13 @@ class StoreService(service.Service):
 
 
 class _OnStop(service.Service):
-    def __init__(self, action: Any):
+    def __init__(self, name: str, action: Any):
+        self.name = name
         self.action = action
 
     def stopService(self) -> Any:
         super().stopService()
         return self.action()
-
-
-def _on_stop(parent: service.MultiService, action: Any) -> None:
-    """Run `action` (which may return a Deferred) when the daemon stops."""
-    _OnStop(action).setServiceParent(parent)
 
 
 def _tls_endpoint(description: str, settings: Settings) -> str:
@@ -57,14 +56,17 @@ def _tls_endpoint(description: str, settings: Settings) -> str:
     return description
 
 
-def _listen(parent: service.MultiService, reactor: Any, description: str,
-            factory: Any, name: str) -> StreamServerEndpointService:
-    ep = endpoints.serverFromString(reactor, description)
-    svc = StreamServerEndpointService(ep, factory)
-    # Fail the start (twistd exits non-zero) rather than run deaf on a busy port.
+def _listen(parent: service.MultiService, reactor: Any, setting: str, description: str,
+            factory: Any, board: Any, started: float) -> Any:
+    from websmsd.http.board import listener_reporter
+
+    svc = strports.service(description, factory, reactor=reactor)
+    # Fail the start (twistd exits) rather than run deaf on a busy port.
     svc._raiseSynchronously = True
-    svc.setName(f"{name} {description}")
+    svc.setName(f"{setting} {description}")
     svc.setServiceParent(parent)
+    board.register(listener_reporter(setting.split("_")[0], description, svc, started),
+                   svc.name)
     return svc
 
 
@@ -73,81 +75,95 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    from websmsd.asterisk.agi import AGIResult, FastAGIFactory
     from websmsd.asterisk.callfile import CallFileSpool
-    from websmsd.delivery import CallFileSink, ITSPSink
+    from websmsd.asterisk.fastagi import AGIResult, FastAGIFactory
+    from websmsd.asterisk.spool import ROUTE as CALLFILE_ROUTE
+    from websmsd.asterisk.spool import CallFileChannel
+    from websmsd.channel import route_name
     from websmsd.dispatch import Dispatcher, RetryPolicy
     from websmsd.http import status
     from websmsd.http.api import Access
-    from websmsd.http.itsp import ITSPClient
-    from websmsd.http.webhook import WebhookResource, make_site
-    from websmsd.metrics import MeasuredClient, Metrics
+    from websmsd.http.board import ChannelBoard
+    from websmsd.http.model import StatusModel
+    from websmsd.http.site import WebhookRoot, make_site
+    from websmsd.itsp.client import ITSPClient
+    from websmsd.itsp.sink import KIND as ITSP, ITSPSink
+    from websmsd.itsp.webhook import WebhookResource
+    from websmsd.metrics import Metrics
     from websmsd.outbox import Outbox
+    from websmsd.routing import router_for
     from websmsd.store import Store
-    from twisted.internet.threads import deferToThreadPool
 
     d = settings.daemon
     top = service.MultiService()
     started = reactor.seconds()
     metrics = Metrics()
-    board = status.ChannelBoard()  # each channel adds its rows to the status page
+    board = ChannelBoard()  # each channel adds its rows to the status page
     store = Store(d.store, reactor)
     StoreService(store).setServiceParent(top)
-
     policy = RetryPolicy(d.retry_base, d.retry_max, d.max_attempts, d.max_age)
-    dispatcher = Dispatcher(store, reactor)
-    spool = CallFileSpool(settings.astqueue)
-    calls = CallFileSink(store, dispatcher, spool, settings.astqueue, policy, reactor,
-                         poll=d.spool_poll)
-    dispatcher.add_sink(IN, calls, linger=0.02)
-    client = ITSPClient(reactor, timeout=d.http_timeout)
-    _on_stop(top, client.close)
-    measured = MeasuredClient(client, metrics.send_seconds, reactor.seconds)
-    itsp = ITSPSink(store, dispatcher, measured, settings.outbound, policy, reactor)
-    board.register(status.itsp_reporter(settings.outbound, measured))
-    board.register(status.spool_reporter(
-        calls, spool, since=started, clock=reactor.seconds,
-        run_in_thread=lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f)))
-    dispatcher.add_sink(OUT, itsp)
+    dispatcher = Dispatcher(store, reactor, policy, metrics)
+    dispatcher.setName("dispatcher")
     dispatcher.setServiceParent(top)
-    outbox = Outbox(store, dispatcher, settings.outbound, reactor, wait=d.agi_wait)
 
-    webhook = WebhookResource(settings.inbound, store.add, max_body=d.max_body,
-                              report=store.report)
-    webhook_site = make_site(webhook, d.max_body)
+    # To the PBX: call files.
+    spool = CallFileSpool(settings.astqueue)
+    calls = CallFileChannel(spool, settings.astqueue, reactor, poll=d.spool_poll, since=started,
+                            metrics=metrics)
+    dispatcher.add_batch_route(CALLFILE_ROUTE, calls, linger=0.02)
+    board.register(calls.status, "spool")
+
+    # From the PBX: one route per interface.
+    client = ITSPClient(reactor, timeout=d.http_timeout)
+    _OnStop("itsp client", client.close).setServiceParent(top)
+    itsp_routes = []
+    for iface in settings.outbound.interfaces:
+        sink = ITSPSink(iface, client, metrics)
+        dispatcher.add_route(sink.route, sink)
+        board.register(sink.status, sink.route)
+        itsp_routes.append(sink.route)
+    router = router_for(settings, inbound_route=CALLFILE_ROUTE)
+    outbox = Outbox(store, dispatcher, router, reactor, wait=d.agi_wait)
+
+    # Webhooks: every path no channel mounts goes to the ITSP webhook.
+    def accept(messages: list) -> defer.Deferred:
+        for m in messages:
+            m.route = router.inbound(m.recipient)
+        return store.add(messages)
+
+    def report(provider_id: str, status: str, detail: Any, interface: str = "") -> Any:
+        # A report about a message sent through the [websms] interface of that name; a
+        # webhook interface with no such twin may speak for any ITSP interface.
+        own = route_name(ITSP, interface)
+        return store.report(provider_id, [own] if own in itsp_routes else itsp_routes,
+                            status, detail)
+
+    webhook = WebhookResource(settings.inbound, accept, max_body=d.max_body, report=report,
+                              metrics=metrics, now=reactor.seconds)
+    root = WebhookRoot(webhook)
+    webhook_site = make_site(root, d.max_body)
     summary = TimerService(60, webhook.log_summary)
+    summary.setName("webhook summary")
     summary.setServiceParent(top)
     for description in d.webhook_listen:
-        svc = _listen(top, reactor, _tls_endpoint(description, settings), webhook_site,
-                      "webhook")
-        board.register(status.listener_reporter("webhook", description, svc, started,
-                                                status.webhook_detail(webhook)))
+        _listen(top, reactor, "webhook_listen", _tls_endpoint(description, settings),
+                webhook_site, board, started)
 
+    # FastAGI: the dialplan hands messages over.
     def agi_handler(request: Any) -> defer.Deferred:
         result = outbox.submit(request.to, request.sender, request.body, request.index)
         return result.addCallback(lambda r: AGIResult(r.status, r.message_id, r.reason))
 
     agi = FastAGIFactory(agi_handler, reactor=reactor)
     for description in d.agi_listen:
-        svc = _listen(top, reactor, description, agi, "fastagi")
-        board.register(status.listener_reporter("fastagi", description, svc, started))
+        _listen(top, reactor, "agi_listen", description, agi, board, started)
 
     # The status page, the JSON API (the `websms` command) and /metrics.
-    model = status.StatusModel(
-        store, board, metrics=metrics, measured=measured, calls=calls, webhook=webhook,
-        outbound=settings.outbound, inbound=settings.inbound, started=started,
-        clock=reactor.seconds, wake=dispatcher.wake)
+    model = StatusModel(store, board, metrics, routes=[CALLFILE_ROUTE, *itsp_routes],
+                        started=started, clock=reactor.seconds)
     local = make_site(status.make_status_resource(model, outbox, Access.from_settings(d)),
                       status.MAX_REQUEST_BODY)
     for description in d.status_listen:
-        svc = _listen(top, reactor, _tls_endpoint(description, settings), local, "status")
-        board.register(status.listener_reporter("status", description, svc, started))
-
-    # For the status page and tests: the parts, by name.
-    top.store = store
-    top.dispatcher = dispatcher
-    top.webhook = webhook
-    top.sinks = {IN: calls, OUT: itsp}
-    top.metrics = metrics
-    top.board = board
+        _listen(top, reactor, "status_listen", _tls_endpoint(description, settings), local,
+                board, started)
     return top

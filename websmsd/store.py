@@ -17,19 +17,20 @@ import os
 import queue
 import sqlite3
 import threading
+import urllib.parse
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from websmsd.message import CANCELLED, DELIVERED, FAILED, QUEUED, SENDING, SENT, Message
+from websmsd.message import CANCELLED, DELIVERED, FAILED, IN, QUEUED, SENDING, SENT, Message
 
 log = Logger()
 
 _COLUMNS = (
-    "id", "direction", "channel", "interface", "recipient", "sender", "body", "status",
+    "id", "direction", "route", "source", "recipient", "sender", "body", "status",
     "reason", "attempts", "created", "updated", "next_attempt", "provider_id",
-    "dedupe_key", "progress",
+    "dedupe_key", "progress", "fallback",
 )
 _SELECT = "SELECT " + ", ".join(_COLUMNS) + " FROM messages"
 _INSERT = (
@@ -38,7 +39,8 @@ _INSERT = (
 )
 # Columns a caller may change with update(); anything else is a programming error.
 _UPDATABLE = frozenset(
-    {"status", "reason", "attempts", "next_attempt", "provider_id", "progress", "body"}
+    {"status", "reason", "attempts", "next_attempt", "provider_id", "progress", "body",
+     "route", "fallback"}
 )
 _MAX_BATCH = 1000
 # How far along a message is, for delivery reports that arrive late or twice: a report
@@ -46,12 +48,23 @@ _MAX_BATCH = 1000
 _REPORT_RANK = {QUEUED: 0, SENDING: 1, SENT: 2, DELIVERED: 3, FAILED: 3}
 
 
+_FALLBACK = _COLUMNS.index("fallback")
+
+
 def _row_to_message(row: Sequence[Any]) -> Message:
-    return Message(**dict(zip(_COLUMNS, row)))
+    values = dict(zip(_COLUMNS, row))
+    values["fallback"] = tuple(values["fallback"].split(",")) if values["fallback"] else ()
+    return Message(**values)
 
 
 def _message_row(m: Message) -> tuple:
-    return tuple(getattr(m, c) for c in _COLUMNS)
+    row = [getattr(m, c) for c in _COLUMNS]
+    row[_FALLBACK] = ",".join(m.fallback)
+    return tuple(row)
+
+
+def _column_value(name: str, value: Any) -> Any:
+    return ",".join(value) if name == "fallback" else value
 
 
 _SCHEMA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema")
@@ -93,7 +106,12 @@ class Store:
         self._queue: "queue.SimpleQueue" = queue.SimpleQueue()
         self._thread: Optional[threading.Thread] = None
         self._db: Optional[sqlite3.Connection] = None
-        self.listeners: List[Callable[[str], None]] = []  # told "in"/"out" after commits
+        # Told the route of new or newly due work after each commit (the dispatcher).
+        self.listeners: List[Callable[[str], None]] = []
+        # The own numbers of the PBX and where messages to each came from last
+        # ("webhook:tw", "goip:sim1"): a reply goes out the way the message came in.
+        self.owners: Dict[str, str] = {}
+        self._reader: Optional["StoreReader"] = None
         self.commits = 0  # transactions committed, for metrics
         self.batched = 0  # operations committed
 
@@ -134,6 +152,10 @@ class Store:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+        # SQLite takes the bare column `source` from the row that has MAX(created).
+        self.owners = {recipient: source for recipient, source, _ in db.execute(
+            "SELECT recipient, source, MAX(created) FROM messages WHERE direction = 'in'"
+            " GROUP BY recipient")}
         self._db = db
         if not self._inline:
             self._thread = threading.Thread(
@@ -163,7 +185,12 @@ class Store:
 
     # -- the writer thread ------------------------------------------------------------
 
-    def _submit(self, fn: Callable[[sqlite3.Connection], Any], kind: str = "") -> defer.Deferred:
+    def _submit(self, fn: Callable[[sqlite3.Connection], Any],
+                routes: Any = ()) -> defer.Deferred:
+        """Run `fn(db)` in the writer's next transaction; a Deferred of its result.
+
+        `routes`: the routes that may have due work once it committed (an iterable, or a
+        callable of the result): the listeners are told."""
         if self._db is None:
             return defer.fail(StoreError("store is not open"))
         if self._inline:
@@ -177,11 +204,10 @@ class Store:
                 return defer.fail(e)
             self.commits += 1
             self.batched += 1
-            if kind:
-                self._notify({kind})
+            self._notify(_routes_of(routes, result))
             return defer.succeed(result)
         d = defer.Deferred()
-        self._queue.put((fn, d, kind))
+        self._queue.put((fn, d, routes))
         return d
 
     def _writer(self) -> None:
@@ -219,16 +245,17 @@ class Store:
             with contextlib.suppress(Exception):
                 if db.in_transaction:
                     db.execute("ROLLBACK")
-            return [(d, False, StoreError(f"commit failed: {e}"), kind) for fn, d, kind in batch]
+            return [(d, False, StoreError(f"commit failed: {e}"), routes)
+                    for fn, d, routes in batch]
 
     @staticmethod
     def _transaction(db: sqlite3.Connection, batch: list, isolate: bool) -> list:
         results = []
         db.execute("BEGIN IMMEDIATE")
-        for fn, d, kind in batch:
+        for fn, d, routes in batch:
             if not isolate:
                 try:
-                    results.append((d, True, fn(db), kind))
+                    results.append((d, True, fn(db), routes))
                 except Exception as e:
                     db.execute("ROLLBACK")
                     raise _OperationFailed() from e
@@ -238,9 +265,9 @@ class Store:
                 value = fn(db)
             except Exception as e:
                 db.execute("ROLLBACK TO op")
-                results.append((d, False, e, kind))
+                results.append((d, False, e, routes))
             else:
-                results.append((d, True, value, kind))
+                results.append((d, True, value, routes))
             db.execute("RELEASE op")
         db.execute("COMMIT")
         return results
@@ -248,22 +275,22 @@ class Store:
     def _deliver(self, results: list) -> None:
         self.commits += 1
         self.batched += len(results)
-        kinds = set()
-        for d, ok, value, kind in results:
+        due: set = set()
+        for d, ok, value, routes in results:
             if ok:
-                if kind:
-                    kinds.add(kind)
+                if routes:
+                    due.update(_routes_of(routes, value))
                 d.callback(value)
             else:
                 d.errback(value)
-        self._notify(kinds)
+        self._notify(due)
 
-    def _notify(self, kinds: Iterable[str]) -> None:
-        for kind in kinds:
+    def _notify(self, routes: Iterable[str]) -> None:
+        for route in routes:
             for listener in self.listeners:
-                listener(kind)
+                listener(route)
 
-    # -- operations -------------------------------------------------------------------
+    # -- writes -----------------------------------------------------------------------
 
     def add(self, messages: List[Message]) -> defer.Deferred:
         """Store new messages; fires with one bool each: True if new, False if a copy
@@ -281,50 +308,20 @@ class Store:
                 out.append(cur.rowcount == 1)
             return out
 
-        kinds = {m.direction for m in messages}
-        return self._submit(add, kinds.pop() if len(kinds) == 1 else "in")
+        d = self._submit(add, {m.route for m in messages})
+        return d.addCallback(self._added, messages)
 
-    def get(self, message_id: str) -> defer.Deferred:
-        def get(db: sqlite3.Connection) -> Optional[Message]:
-            row = db.execute(_SELECT + " WHERE id = ?", (message_id,)).fetchone()
-            return _row_to_message(row) if row else None
+    def _added(self, new: List[bool], messages: List[Message]) -> List[bool]:
+        owners = self.owners
+        for m in messages:
+            if m.direction == IN and owners.get(m.recipient) != m.source:
+                owners[m.recipient] = m.source
+        return new
 
-        return self._submit(get)
-
-    def due(self, direction: str, now: float, limit: int = 200,
-            exclude: Iterable[str] = ()) -> defer.Deferred:
-        """Messages of `direction` waiting to be handed on, oldest first."""
-        exclude = set(exclude)
-
-        def due(db: sqlite3.Connection) -> List[Message]:
-            rows = db.execute(
-                _SELECT + " WHERE direction = ? AND status IN ('queued', 'sending')"
-                " AND next_attempt <= ? ORDER BY created, id LIMIT ?",
-                (direction, now, limit + len(exclude)),
-            ).fetchall()
-            found = [_row_to_message(r) for r in rows if r[0] not in exclude]
-            return found[:limit]
-
-        return self._submit(due)
-
-    def next_due(self, direction: str, exclude: Iterable[str] = ()) -> defer.Deferred:
-        """When the earliest waiting message of `direction` not in `exclude` (those in
-        flight) is due; None when none waits."""
-        exclude = set(exclude)
-
-        def next_due(db: sqlite3.Connection) -> Optional[float]:
-            rows = db.execute(
-                "SELECT id, next_attempt FROM messages WHERE direction = ?"
-                " AND status IN ('queued', 'sending') ORDER BY next_attempt LIMIT ?",
-                (direction, len(exclude) + 1),
-            ).fetchall()
-            return next((when for i, when in rows if i not in exclude), None)
-
-        return self._submit(next_due)
-
-    def update(self, changes: List[tuple], attempt: Optional[List[tuple]] = None) -> defer.Deferred:
+    def update(self, changes: List[tuple], attempt: Optional[List[tuple]] = None,
+               wake: Iterable[str] = ()) -> defer.Deferred:
         """Apply `[(message_id, {column: value})]` and record `[(message_id, ok, detail)]`
-        attempts, all in one transaction."""
+        attempts, all in one transaction; then wake the routes `wake`."""
         now = self._reactor.seconds()
         for _, fields in changes:
             bad = set(fields) - _UPDATABLE
@@ -336,7 +333,8 @@ class Store:
         groups: Dict[tuple, list] = {}
         for message_id, fields in changes:
             cols = tuple(sorted(fields))
-            groups.setdefault(cols, []).append([fields[c] for c in cols] + [now, message_id])
+            groups.setdefault(cols, []).append(
+                [_column_value(c, fields[c]) for c in cols] + [now, message_id])
 
         def update(db: sqlite3.Connection) -> int:
             n = 0
@@ -345,29 +343,54 @@ class Store:
                 cur = db.executemany(
                     f"UPDATE messages SET {sets}, updated = ? WHERE id = ?", rows)
                 n += cur.rowcount
-            for message_id, ok, detail in attempt or ():
-                db.execute(
+            if attempt:
+                db.executemany(
                     "INSERT INTO attempts (message_id, at, ok, detail) VALUES (?, ?, ?, ?)",
-                    (message_id, now, 1 if ok else 0, detail),
-                )
+                    [(message_id, now, 1 if ok else 0, detail)
+                     for message_id, ok, detail in attempt])
             return n
 
-        return self._submit(update)
+        return self._submit(update, tuple(wake))
 
-    def report(self, provider_id: str, status: str, detail: Optional[str] = None,
-               direction: str = "out") -> defer.Deferred:
-        """A delivery report from a provider about the message it knows as `provider_id`.
+    def claim(self, message_ids: Sequence[str]) -> defer.Deferred:
+        """Mark due messages "sending" (being handed on); fires with the ids claimed.
+        A message that is no longer waiting (cancelled meanwhile) is not claimed, so that
+        it is not sent."""
+        ids = list(message_ids)
+        now = self._reactor.seconds()
+
+        def claim(db: sqlite3.Connection) -> List[str]:
+            claimed = []
+            for message_id in ids:
+                cur = db.execute(
+                    "UPDATE messages SET status = ?, updated = ? WHERE id = ?"
+                    " AND status IN (?, ?)", (SENDING, now, message_id, QUEUED, SENDING))
+                if cur.rowcount == 1:
+                    claimed.append(message_id)
+            return claimed
+
+        return self._submit(claim)
+
+    def report(self, provider_id: str, routes: Sequence[str], status: str,
+               detail: Optional[str] = None) -> defer.Deferred:
+        """A delivery report about the message one of `routes` knows as `provider_id`
+        (two SIMs may hand out the same id: a report is about the route it came from).
 
         Fires with the id of our message, or None when no message has that provider id.
         Reports arrive out of order and repeated: a message that is already delivered or
         failed keeps that status (the report is still kept).
         """
         now = self._reactor.seconds()
+        routes = list(routes)
+        marks = ", ".join("?" * len(routes))
 
         def report(db: sqlite3.Connection) -> Optional[str]:
+            if not routes:
+                return None
             row = db.execute(
-                "SELECT id, status FROM messages WHERE provider_id = ? AND direction = ?"
-                " ORDER BY created DESC LIMIT 1", (provider_id, direction),
+                "SELECT id, status FROM messages WHERE route IN (" + marks + ")"
+                " AND provider_id = ? AND direction = 'out' ORDER BY created DESC LIMIT 1",
+                (*routes, provider_id),
             ).fetchone()
             if row is None:
                 return None
@@ -391,41 +414,23 @@ class Store:
 
         return self._submit(report)
 
-    def reports(self, message_id: str) -> defer.Deferred:
-        def reports(db: sqlite3.Connection) -> List[tuple]:
-            return db.execute(
-                "SELECT at, status, detail FROM reports WHERE message_id = ? ORDER BY at",
-                (message_id,),
-            ).fetchall()
-
-        return self._submit(reports)
-
-    def claim(self, message_id: str, attempts: int) -> defer.Deferred:
-        """Mark a due message "sending" for its `attempts`-th try; fires False when it is
-        no longer waiting (cancelled meanwhile), so that it is not sent."""
-
-        def claim(db: sqlite3.Connection) -> bool:
-            cur = db.execute(
-                "UPDATE messages SET status = ?, attempts = ?, updated = ? WHERE id = ?"
-                " AND status IN (?, ?)",
-                (SENDING, attempts, self._reactor.seconds(), message_id, QUEUED, SENDING),
-            )
-            return cur.rowcount == 1
-
-        return self._submit(claim)
-
     def requeue(self, message_id: str) -> defer.Deferred:
-        """Send a failed or cancelled message again (resend button, API)."""
+        """Send a failed or cancelled message again (resend button, API); fires with
+        True if it was waiting for that."""
 
-        def requeue(db: sqlite3.Connection) -> bool:
-            cur = db.execute(
+        def requeue(db: sqlite3.Connection) -> Optional[str]:
+            row = db.execute("SELECT route FROM messages WHERE id = ? AND status IN (?, ?)",
+                             (message_id, FAILED, CANCELLED)).fetchone()
+            if row is None:
+                return None
+            db.execute(
                 "UPDATE messages SET status = ?, reason = NULL, next_attempt = 0,"
-                " attempts = 0, updated = ? WHERE id = ? AND status IN (?, ?)",
-                (QUEUED, self._reactor.seconds(), message_id, FAILED, CANCELLED),
-            )
-            return cur.rowcount == 1
+                " attempts = 0, updated = ? WHERE id = ?",
+                (QUEUED, self._reactor.seconds(), message_id))
+            return row[0]
 
-        return self._submit(requeue, "out")
+        d = self._submit(requeue, lambda route: (route,) if route else ())
+        return d.addCallback(lambda route: route is not None)
 
     def cancel(self, message_id: str) -> defer.Deferred:
         """Stop trying a message that is still waiting."""
@@ -440,7 +445,109 @@ class Store:
 
         return self._submit(cancel)
 
-    def recent(self, since: float = 0.0, limit: int = 100, number: Optional[str] = None) -> defer.Deferred:
+    # -- what the dispatcher reads (in the writer's order: it sees every commit) ------
+
+    def due(self, route: str, now: float, limit: int = 200,
+            exclude: Iterable[str] = (), queued_only: bool = False) -> defer.Deferred:
+        """Messages of `route` waiting to be handed on, oldest first: queued ones, and
+        ones left "sending" (a hand-over to finish), unless `queued_only`."""
+        exclude = set(exclude)
+        statuses = "('queued')" if queued_only else "('queued', 'sending')"
+
+        def due(db: sqlite3.Connection) -> List[Message]:
+            rows = db.execute(
+                _SELECT + f" WHERE route = ? AND status IN {statuses}"
+                " AND next_attempt <= ? ORDER BY created, id LIMIT ?",
+                (route, now, limit + len(exclude)),
+            ).fetchall()
+            found = [_row_to_message(r) for r in rows if r[0] not in exclude]
+            return found[:limit]
+
+        return self._submit(due)
+
+    def next_due(self, route: str, exclude: Iterable[str] = ()) -> defer.Deferred:
+        """When the earliest waiting message of `route` not in `exclude` (those in
+        flight) is due; None when none waits."""
+        exclude = set(exclude)
+
+        def next_due(db: sqlite3.Connection) -> Optional[float]:
+            rows = db.execute(
+                "SELECT id, next_attempt FROM messages WHERE route = ?"
+                " AND status IN ('queued', 'sending') ORDER BY next_attempt LIMIT ?",
+                (route, len(exclude) + 1),
+            ).fetchall()
+            return next((when for i, when in rows if i not in exclude), None)
+
+        return self._submit(next_due)
+
+    def get(self, message_id: str) -> defer.Deferred:
+        def get(db: sqlite3.Connection) -> Optional[Message]:
+            row = db.execute(_SELECT + " WHERE id = ?", (message_id,)).fetchone()
+            return _row_to_message(row) if row else None
+
+        return self._submit(get)
+
+    # -- reads for people: a read-only connection of their own -------------------------
+
+    @property
+    def reader(self) -> "StoreReader":
+        """Reads for the status page and the API: never in the writer's transaction, so
+        that a slow search does not hold up a webhook's commit (WAL: a reader sees the
+        last commit and blocks no writer)."""
+        if self._reader is None:
+            self._reader = StoreReader(self.path, self._reactor, inline=self._inline,
+                                       db=self._db if self._inline else None)
+        return self._reader
+
+
+class StoreReader:
+    """Read-only queries on a connection of their own, in a thread of their own."""
+
+    def __init__(self, path: str, reactor: Any, inline: bool = False,
+                 db: Optional[sqlite3.Connection] = None):
+        self.path = path
+        self._reactor = reactor
+        self._inline = inline
+        self._db = db
+        self._pool: Any = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is None:
+            uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        return self._db
+
+    def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> defer.Deferred:
+        if self._inline:
+            return defer.maybeDeferred(fn, self._connect())
+        if self._pool is None:
+            from twisted.python.threadpool import ThreadPool
+
+            # One thread, one connection: people's reads come one after the other.
+            self._pool = ThreadPool(1, 1, "websmsd-store-reader")
+            self._pool.start()
+            self._reactor.addSystemEventTrigger("during", "shutdown", self.close)
+        from twisted.internet.threads import deferToThreadPool
+
+        return deferToThreadPool(self._reactor, self._pool, lambda: fn(self._connect()))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            pool.stop()
+        if self._db is not None and not self._inline:
+            self._db.close()
+            self._db = None
+
+    def get(self, message_id: str) -> defer.Deferred:
+        def get(db: sqlite3.Connection) -> Optional[Message]:
+            row = db.execute(_SELECT + " WHERE id = ?", (message_id,)).fetchone()
+            return _row_to_message(row) if row else None
+
+        return self._run(get)
+
+    def recent(self, since: float = 0.0, limit: int = 100,
+               number: Optional[str] = None) -> defer.Deferred:
         """The newest messages, newest first; `number` matches sender or recipient."""
 
         def recent(db: sqlite3.Connection) -> List[Message]:
@@ -454,7 +561,7 @@ class Store:
             args.append(limit)
             return [_row_to_message(r) for r in db.execute(sql, args).fetchall()]
 
-        return self._submit(recent)
+        return self._run(recent)
 
     def attempts(self, message_id: str) -> defer.Deferred:
         def attempts(db: sqlite3.Connection) -> List[tuple]:
@@ -463,21 +570,57 @@ class Store:
                 (message_id,),
             ).fetchall()
 
-        return self._submit(attempts)
+        return self._run(attempts)
+
+    def reports(self, message_ids: Sequence[str]) -> defer.Deferred:
+        """{message id: [(at, status, detail)]} for each of `message_ids` that has any."""
+        ids = list(message_ids)
+
+        def reports(db: sqlite3.Connection) -> Dict[str, List[tuple]]:
+            out: Dict[str, List[tuple]] = {}
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                for message_id, at, status, detail in db.execute(
+                        "SELECT message_id, at, status, detail FROM reports WHERE message_id IN ("
+                        + ", ".join("?" * len(chunk)) + ") ORDER BY at", chunk):
+                    out.setdefault(message_id, []).append((at, status, detail))
+            return out
+
+        return self._run(reports)
 
     def counts(self) -> defer.Deferred:
-        """{(direction, interface, status): count} over the whole store."""
+        """{(direction, route, status): count} over the whole store."""
 
         def counts(db: sqlite3.Connection) -> dict:
             return {
-                (d, i, s): n
-                for d, i, s, n in db.execute(
-                    "SELECT direction, interface, status, COUNT(*) FROM messages"
-                    " GROUP BY direction, interface, status"
+                (d, r, s): n
+                for d, r, s, n in db.execute(
+                    "SELECT direction, route, status, COUNT(*) FROM messages"
+                    " GROUP BY direction, route, status"
                 )
             }
 
-        return self._submit(counts)
+        return self._run(counts)
+
+    def waiting(self) -> defer.Deferred:
+        """Per route: (messages waiting, the oldest one's creation time, its last error)."""
+
+        def waiting(db: sqlite3.Connection) -> Dict[str, tuple]:
+            out = {}
+            for route, n, oldest in db.execute(
+                    "SELECT route, COUNT(*), MIN(created) FROM messages"
+                    " WHERE status IN ('queued', 'sending') GROUP BY route"):
+                row = db.execute(
+                    "SELECT reason FROM messages WHERE route = ? AND status IN ('queued', 'sending')"
+                    " AND reason IS NOT NULL ORDER BY updated DESC LIMIT 1", (route,)).fetchone()
+                out[route] = (n, oldest, row[0] if row else None)
+            return out
+
+        return self._run(waiting)
+
+
+def _routes_of(routes: Any, result: Any) -> Iterable[str]:
+    return routes(result) if callable(routes) else routes
 
 
 def _split_sql(script: str) -> List[str]:

@@ -28,9 +28,15 @@ class Options(usage.Options):
          "/etc/asterisk/websms.conf)"],
     ]
 
+    def parseArgs(self, *args: str) -> None:
+        if args:
+            raise usage.UsageError(f"unexpected argument {args[0]!r}: use --config FILE")
+
     def postOptions(self) -> None:
         if self["config"] is None:
             self["config"] = default_config()
+        elif not self["config"]:
+            raise usage.UsageError("--config needs a file name")
 
 
 def makeService(options: Options):

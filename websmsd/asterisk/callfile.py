@@ -71,7 +71,7 @@ import unicodedata
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 from websmsd.message import UnsafeValue, check_recipient, check_sender
-from websmsd.settings import AstQueueSettings
+from websmsd.config.astqueue import AstQueueSettings
 
 __all__ = [
     "MAX_LINE",

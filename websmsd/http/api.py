@@ -24,7 +24,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
-from websmsd.settings import parse_address
+from websmsd.net import parse_address
 
 log = Logger()
 
@@ -191,8 +191,8 @@ def _strip_default_port(hostport: str) -> str:
 
 def message_json(m: Any) -> dict:
     return {
-        "id": m.id, "direction": m.direction, "interface": m.interface,
-        "channel": m.channel, "to": m.recipient, "from": m.sender, "body": m.body,
+        "id": m.id, "direction": m.direction, "route": m.route, "source": m.source,
+        "fallback": list(m.fallback), "to": m.recipient, "from": m.sender, "body": m.body,
         "status": m.status, "reason": m.reason, "attempts": m.attempts,
         "created": m.created, "updated": m.updated, "next_attempt": m.next_attempt,
         "provider_id": m.provider_id, "parts_handed_over": m.progress,
@@ -243,16 +243,13 @@ class APIResource(resource.Resource):
     isLeaf = True
 
     def __init__(self, outbox: Any, store: Any, access: Optional[Access] = None,
-                 status: Optional[Callable[[], defer.Deferred]] = None,
-                 wake: Optional[Callable[[str], None]] = None):
+                 status: Optional[Callable[[], defer.Deferred]] = None):
         super().__init__()
         self.outbox = outbox
         self.store = store
         self.access = access or Access()
         # status(): Deferred firing with the JSON-able state of the daemon (status page).
         self.status = status
-        # wake(direction): tell the dispatcher a message was requeued.
-        self.wake = wake or (lambda direction: None)
 
     def render(self, request: Any) -> Any:
         try:
@@ -330,7 +327,8 @@ class APIResource(resource.Resource):
         try:
             fields = self._json_fields(request)
             to, sender, body = str(fields["to"]), str(fields["from"]), str(fields["body"])
-            index = str(fields.get("index") or "")
+            # "interface" (WEBSMS_INDEX by its meaning), or "index" as the command has it.
+            index = str(fields.get("interface") or fields.get("index") or "")
             wait = fields.get("wait")
             wait = None if wait in (None, "") else min(max(float(wait), 0.0), 120.0)
         except _TooLarge:
@@ -366,22 +364,24 @@ class APIResource(resource.Resource):
         except ValueError:
             return _answer(request, 400, {"error": "limit and since must be numbers"})
         limit = min(max(limit, 1), 1000)
-        d = self.store.recent(since, limit, number)
+        d = self.store.reader.recent(since, limit, number)
         d.addCallback(lambda ms: _finish(request, 200, {
             "messages": [message_json(m) for m in ms]}))
         d.addErrback(self._failed, request)
         return server.NOT_DONE_YET
 
     def _one(self, request: Any, message_id: str) -> Any:
-        @defer.inlineCallbacks
-        def look() -> Any:
-            m = yield self.store.get(message_id)
+        reader = self.store.reader
+
+        async def look() -> None:
+            m = await reader.get(message_id)
             if m is None:
                 _finish(request, 404, {"error": "no such message"})
                 return
-            tries, reports = yield defer.gatherResults(
-                [self.store.attempts(message_id), self.store.reports(message_id)],
+            tries, reports = await defer.gatherResults(
+                [reader.attempts(message_id), reader.reports([message_id])],
                 consumeErrors=True)
+            reports = reports.get(message_id, [])
             payload = message_json(m)
             payload["attempt_log"] = [
                 {"at": at, "ok": bool(ok), "detail": detail} for at, ok, detail in tries
@@ -391,11 +391,11 @@ class APIResource(resource.Resource):
             ]
             _finish(request, 200, payload)
 
-        look().addErrback(first_error).addErrback(self._failed, request)
+        defer.ensureDeferred(look()).addErrback(first_error).addErrback(self._failed, request)
         return server.NOT_DONE_YET
 
     def _act(self, request: Any, message_id: str, action: str) -> Any:
-        d = resend_or_cancel(self.store, message_id, action, self.wake)
+        d = resend_or_cancel(self.store, message_id, action)
         d.addCallback(lambda r: _finish(request, r[0], r[1]))
         d.addErrback(self._failed, request)
         return server.NOT_DONE_YET
@@ -412,28 +412,29 @@ def first_error(failure: Any) -> Any:
     return failure
 
 
-@defer.inlineCallbacks
-def resend_or_cancel(store: Any, message_id: str, action: str,
-        wake: Callable[[str], None] = lambda direction: None) -> Any:
+def resend_or_cancel(store: Any, message_id: str, action: str) -> defer.Deferred:
     """Resend or cancel a message: fires with (HTTP status, JSON payload).
 
     Shared by the API and the status page's buttons.  Only a failed or cancelled message
     can be resent (it is queued again with its attempts reset), only a queued one
     cancelled; anything else is a 409 that says why.
     """
-    m = yield store.get(message_id)
+    return defer.ensureDeferred(_resend_or_cancel(store, message_id, action))
+
+
+async def _resend_or_cancel(store: Any, message_id: str, action: str) -> Tuple[int, dict]:
+    m = await store.get(message_id)
     if m is None:
         return 404, {"error": "no such message", "id": message_id}
     if action == "resend":
-        done = yield store.requeue(message_id)
+        done = await store.requeue(message_id)
         if done:
             log.info("message {id} requeued by the owner", id=message_id)
-            wake(m.direction)
             return 200, {"id": message_id, "status": "queued"}
         return 409, {"id": message_id, "status": m.status,
                      "error": f"the message is {m.status}: only failed or cancelled "
                               "messages can be resent"}
-    done = yield store.cancel(message_id)
+    done = await store.cancel(message_id)
     if done:
         log.info("message {id} cancelled by the owner", id=message_id)
         return 200, {"id": message_id, "status": "cancelled"}

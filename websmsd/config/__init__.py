@@ -1,0 +1,139 @@
+"""The websms.conf reader: PHP ini text in, typed settings out.
+
+websms.conf files written for the PHP WebSMS service must work unchanged, so the syntax
+is that of PHP's ``parse_ini_file(file, true)``, quirks included (see `ini`).  Where PHP
+silently ignored or guessed (an unknown key, a bad value, an older key name), this
+reader refuses with ``file:line: key: why``, or reads the value and says so in
+``Settings.warnings``.
+
+One module per section: `websms` ([websms], outbound ITSPs), `websmsd` ([websmsd],
+webhooks), `astqueue`, `daemon`, `route`...; a new channel's section is one new module
+listed in `SECTIONS`.  Pure Python (no Twisted): the only I/O is reading the one file.
+
+    settings = load("/etc/websmsd/websms.conf")   # or raises ConfigError
+    print(report(settings))                        # what `websmsd check-config` prints
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import List, Mapping, Optional, Tuple
+
+from websmsd.config import astqueue as _astqueue
+from websmsd.config import daemon as _daemon
+from websmsd.config import route as _route
+from websmsd.config import websms as _websms
+from websmsd.config import websmsd as _websmsd
+from websmsd.config.astqueue import AstQueueSettings
+from websmsd.config.daemon import DaemonSettings
+from websmsd.config.ini import ConfigError, parse_ini
+from websmsd.config.reader import _Context
+from websmsd.config.report import report, webhook_url
+from websmsd.config.route import RouteSettings
+from websmsd.config.values import resp_check_pattern
+from websmsd.config.websms import OutboundInterface, OutboundSettings
+from websmsd.config.websmsd import InboundInterface, InboundSettings
+
+__all__ = [
+    "ConfigError", "Settings", "load", "loads", "report", "parse_ini", "resp_check_pattern",
+    "webhook_url", "SECTIONS", "AstQueueSettings", "DaemonSettings", "InboundInterface",
+    "InboundSettings", "OutboundInterface", "OutboundSettings", "RouteSettings",
+]
+
+# Every section websms.conf may have, by name: each module has its KEYS and a read().
+SECTIONS = {
+    "websms": _websms,
+    "websmsd": _websmsd,
+    "astqueue": _astqueue,
+    "daemon": _daemon,
+    "route": _route,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What websms.conf means: one object per section."""
+
+    path: str = ""
+    outbound: OutboundSettings = field(default_factory=OutboundSettings)
+    inbound: InboundSettings = field(default_factory=InboundSettings)
+    astqueue: AstQueueSettings = field(default_factory=AstQueueSettings)
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    route: RouteSettings = field(default_factory=RouteSettings)
+    # What the reader noticed but accepted (older key names, PHP quirks), for the log
+    # and `websmsd check-config`.
+    warnings: Tuple[str, ...] = ()
+
+    def interfaces(self) -> List[Tuple[str, str, Tuple[str, ...], bool]]:
+        """Every interface that can carry a message from the PBX, in file order:
+        (name, kind, its own numbers, whether it normalises numbers itself)."""
+        return [(i.name, "itsp", i.number, bool(i.num_country))
+                for i in self.outbound.interfaces]
+
+
+def loads(
+    text: str, path: str = "<string>", environ: Optional[Mapping[str, str]] = None
+) -> Settings:
+    """Settings from websms.conf text, or ConfigError naming file, line and key."""
+    environ = os.environ if environ is None else environ
+    ini = parse_ini(text, path, environ)
+    context = _Context(path, list(ini.warnings))
+    for section in ini.sections.values():
+        if section.name not in SECTIONS:
+            raise context.error(
+                section.line, None,
+                f"unknown section [{section.name}]; websms.conf has "
+                + ", ".join(f"[{name}]" for name in SECTIONS),
+            )
+    sections = ini.sections
+    outbound = _websms.read(sections.get("websms"), context)
+    lines = _websmsd._InboundLines()
+    inbound = _websmsd.read(sections.get("websmsd"), context, lines)
+    astqueue = _astqueue.read(sections.get("astqueue"), context)
+    daemon = _daemon.read(sections.get("daemon"), environ, context)
+    _daemon._warn_behind_a_proxy(inbound, daemon, lines, context)
+    interfaces = {i.name: ("websms", i) for i in outbound.interfaces}
+    route = _route.read(sections.get("route"), context, interfaces)
+    if not path.startswith("<"):
+        base = os.path.dirname(os.path.abspath(path))
+        outbound, astqueue, daemon = _relative_to(base, outbound, astqueue, daemon)
+    return Settings(
+        path=path, outbound=outbound, inbound=inbound, astqueue=astqueue, daemon=daemon,
+        route=route, warnings=tuple(context.warnings),
+    )
+
+
+def _relative_to(base: str, outbound: OutboundSettings, astqueue: AstQueueSettings,
+                 daemon: DaemonSettings) -> Tuple[OutboundSettings, AstQueueSettings, DaemonSettings]:
+    """Make relative file names relative to the directory of websms.conf, not to
+    wherever the daemon was started from."""
+
+    def absolute(value: Optional[str]) -> Optional[str]:
+        return value if not value or os.path.isabs(value) else os.path.normpath(os.path.join(base, value))
+
+    outbound = OutboundSettings(tuple(
+        dataclasses.replace(i, tls_ca=absolute(i.tls_ca)) for i in outbound.interfaces))
+    astqueue = dataclasses.replace(
+        astqueue, outgoingdir=absolute(astqueue.outgoingdir), stagingdir=absolute(astqueue.stagingdir))
+    daemon = dataclasses.replace(
+        daemon, store=absolute(daemon.store), tls_key=absolute(daemon.tls_key),
+        tls_cert=absolute(daemon.tls_cert))
+    return outbound, astqueue, daemon
+
+
+def load(path: "str | os.PathLike[str]", environ: Optional[Mapping[str, str]] = None) -> Settings:
+    """Settings from the websms.conf file at `path` (UTF-8, BOM and CRLF accepted)."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as exc:
+        raise ConfigError(path, None, None, f"cannot read it: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(path, line, None, "not UTF-8 text") from None
+    return loads(text, path, environ)
