@@ -1,3 +1,5 @@
+from glob import glob
+
 from setuptools import find_packages, setup
 
 from websmsd import __version__
@@ -12,9 +14,13 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["websmsd", "websmsd.*"]) + ["twisted.plugins"],
     package_data={
-        "websmsd": ["schema/*.sql", "web/templates/*", "web/static/*"],
+        "websmsd": ["schema/*.sql"],
         "twisted": ["plugins/websmsd_plugin.py"],
     },
+    # The status page's templates and static files (websmsd.http.pages.web_dir finds
+    # them here, or in web/ of the source tree).
+    data_files=[(f"share/websmsd/{d}", sorted(glob(f"{d}/*")))
+                for d in ("web/templates", "web/static")],
     install_requires=[
         "Twisted>=22.4",
         "treq>=22.2",

@@ -4,7 +4,6 @@ import base64
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from blackbox import ROOT, FakeITSP, api_json, curl, free_port, status_and_body, wait_port
+from blackbox import ROOT, FakeITSP, api_json, curl, free_port, status_and_body
 
 FIXTURES = ROOT / "tests" / "fixtures" / "asterisk"
 

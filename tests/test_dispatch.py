@@ -5,6 +5,7 @@ import os
 import pytest
 from twisted.internet import defer, task
 
+from conftest import fired
 from websmsd.asterisk.callfile import CallFileSpool, callfile_name
 from websmsd.asterisk.spool import CallFileChannel
 from websmsd.channel import Outcome
@@ -16,15 +17,6 @@ from websmsd.message import IN, OUT, Message
 from websmsd.outbox import Outbox
 from websmsd.routing import Interface, Router
 from websmsd.store import Store
-
-
-def result(d):
-    out = []
-    d.addBoth(out.append)
-    assert out, "Deferred did not fire"
-    if hasattr(out[0], "raiseException"):
-        out[0].raiseException()
-    return out[0]
 
 
 class FakeITSP:
@@ -103,26 +95,26 @@ def world(tmp_path):
 
 
 def row(w, message_id):
-    return result(w.store.get(message_id))
+    return fired(w.store.get(message_id))
 
 
 def test_sent_on_first_attempt(world):
     world.itsp.outcomes = [OK]
     d = world.outbox.submit("+1555", "+1666", "hello", "api-2")
     world.clock.advance(0)
-    r = result(d)
+    r = fired(d)
     assert (r.status, r.reason) == ("SENT", None)
     assert world.itsp.sent == [("api-2", "+1555", "+1666", "hello")]
     m = row(world, r.message_id)
     assert (m.status, m.attempts, m.route, m.source) == ("sent", 1, "itsp:api-2", "agi")
-    assert [a[1] for a in result(world.store.reader.attempts(m.id))] == [1]
+    assert [a[1] for a in fired(world.store.reader.attempts(m.id))] == [1]
 
 
 def test_transient_failures_back_off_then_give_up(world):
     world.itsp.outcomes = [DOWN]
     d = world.outbox.submit("+1555", "+1666", "hello", "")
     world.clock.advance(0)
-    r = result(d)
+    r = fired(d)
     assert r.status == "QUEUED" and "refused" in r.reason
     m = row(world, r.message_id)
     assert (m.status, m.attempts, m.next_attempt) == ("queued", 1, world.clock.seconds() + 30)
@@ -149,7 +141,7 @@ def test_permanent_failure_is_not_retried(world):
     world.itsp.outcomes = [REFUSED]
     d = world.outbox.submit("+1555", "+1666", "hello")
     world.clock.advance(0)
-    r = result(d)
+    r = fired(d)
     assert (r.status, r.reason) == ("FAILED", "400 invalid number")
     for _ in range(10):
         world.clock.advance(300)
@@ -161,17 +153,17 @@ def test_slow_first_attempt_answers_queued_then_completes(world):
     world.clock.advance(0)
     assert not d.called
     world.clock.advance(5)
-    r = result(d)
+    r = fired(d)
     assert r.status == "QUEUED"
     world.itsp.held[0].callback(OK)
     assert row(world, r.message_id).status == "sent"
 
 
 def test_unknown_index_and_unsafe_numbers_fail_without_storing(world):
-    assert result(world.outbox.submit("+1555", "+1666", "x", "nope")).status == "FAILED"
-    assert result(world.outbox.submit("+1555\nX: y", "+1666", "x")).status == "FAILED"
-    assert result(world.outbox.submit("+1555", "+1666", "")).status == "FAILED"
-    assert result(world.store.reader.recent()) == []
+    assert fired(world.outbox.submit("+1555", "+1666", "x", "nope")).status == "FAILED"
+    assert fired(world.outbox.submit("+1555\nX: y", "+1666", "x")).status == "FAILED"
+    assert fired(world.outbox.submit("+1555", "+1666", "")).status == "FAILED"
+    assert fired(world.store.reader.recent()) == []
     assert world.itsp.sent == []
 
 
@@ -184,14 +176,14 @@ def test_a_message_is_never_sent_twice_at_once(world):
     assert len(world.itsp.sent) == 1
     world.itsp.held[0].callback(OK)
     world.clock.advance(5)
-    assert result(d).status == "SENT"
+    assert fired(d).status == "SENT"
 
 
 # -- the call-file sink ------------------------------------------------------------------
 
 def inbound(w, body="hello", **kw):
     m = Message(IN, "callfile", "+1555", "+1666", body, source="webhook", **kw)
-    result(w.store.add([m]))
+    fired(w.store.add([m]))
     w.clock.advance(0)
     return m
 
@@ -228,7 +220,7 @@ def test_crash_after_staging_publishes_the_staged_file(world):
     m = Message(IN, "callfile", "+1555", "+1666", "hello", status="sending")
     name = callfile_name(m.id, 0)
     world.spool.stage([(name, b"Channel: Local/+1555@default\n")])
-    result(world.store.add([m]))
+    fired(world.store.add([m]))
     world.clock.advance(0)
     assert os.listdir(world.q.outgoingdir) == [name]
     assert row(world, m.id).status == "sent"
@@ -236,7 +228,7 @@ def test_crash_after_staging_publishes_the_staged_file(world):
 
 def test_crash_after_rename_does_not_write_again(world):
     m = Message(IN, "callfile", "+1555", "+1666", "hello", status="sending")
-    result(world.store.add([m]))  # "sending", nothing staged: the rename had happened
+    fired(world.store.add([m]))  # "sending", nothing staged: the rename had happened
     world.clock.advance(0)
     assert os.listdir(world.q.outgoingdir) == []  # Asterisk had taken it already
     assert row(world, m.id).status == "sent"
@@ -261,13 +253,13 @@ def test_long_text_parts_wait_for_asterisk_to_take_the_previous_one(world):
 
 def test_a_message_cancelled_after_it_was_found_due_is_not_sent(world):
     m = Message(OUT, "itsp:api-1", "+1555", "+1666", "hello", source="api")
-    result(world.store.add([m]))
+    fired(world.store.add([m]))
     # The owner cancels between the dispatcher's query and the send.
     real_claim = world.store.claim
 
     def cancel_first(message_ids):
         for message_id in message_ids:
-            result(world.store.cancel(message_id))
+            fired(world.store.cancel(message_id))
         return real_claim(message_ids)
 
     world.store.claim = cancel_first
@@ -284,10 +276,10 @@ def test_written_numbers_are_compacted_when_the_interface_knows_its_country(worl
     world.itsp.outcomes = [OK]
     d = world.outbox.submit("(206) 555-0100", "+1666", "hello")
     world.clock.advance(0)
-    assert result(d).status == "SENT"
+    assert fired(d).status == "SENT"
     assert world.itsp.sent == [("us", "2065550100", "+1666", "hello")]
     world.outbox.router = Router([Interface("plain", "itsp")])
-    assert result(world.outbox.submit("(206) 555-0100", "+1666", "x")).status == "FAILED"
+    assert fired(world.outbox.submit("(206) 555-0100", "+1666", "x")).status == "FAILED"
 
 
 def test_a_slow_itsp_does_not_hold_up_messages_that_arrive_later(world):
@@ -297,11 +289,11 @@ def test_a_slow_itsp_does_not_hold_up_messages_that_arrive_later(world):
     world.itsp.outcomes = [OK]
     second = world.outbox.submit("+1555", "+1666", "fast")
     world.clock.advance(0)
-    assert result(second).status == "SENT"
+    assert fired(second).status == "SENT"
     assert not first.called
     world.itsp.held[0].callback(OK)
     world.clock.advance(5)
-    assert result(first).status == "SENT"
+    assert fired(first).status == "SENT"
     assert [s[3] for s in world.itsp.sent] == ["slow", "fast"]
 
 
@@ -347,7 +339,7 @@ def test_publish_failing_halfway_writes_no_call_file_twice(world):
     world.spool.publish = publish_first_only
     a = Message(IN, "callfile", "+1555", "+1666", "a", source="webhook")
     b = Message(IN, "callfile", "+1555", "+1666", "b", source="webhook")
-    result(world.store.add([a, b]))
+    fired(world.store.add([a, b]))
     world.clock.advance(0.02)
     asterisk_runs_the_spool()
     assert len(taken) == 1
@@ -371,9 +363,9 @@ def submitted(world, *args, **kw):
 
 def test_each_message_reaches_the_interface_its_route_names(world):
     world.itsp.outcomes = [OK, OK]
-    a = result(submitted(world, "+1555", "+1666", "to api-1", "api-1"))
-    b = result(submitted(world, "+1555", "+1666", "to api-2", "api-2"))
-    c = result(submitted(world, "+4670", "+1666", "to the sim", "sim1"))
+    a = fired(submitted(world, "+1555", "+1666", "to api-1", "api-1"))
+    b = fired(submitted(world, "+1555", "+1666", "to api-2", "api-2"))
+    c = fired(submitted(world, "+4670", "+1666", "to the sim", "sim1"))
     assert [s[0] for s in world.itsp.sent] == ["api-1", "api-2"]
     assert world.sim.sent == ["to the sim"]
     assert (a.status, b.status, c.status) == ("SENT", "SENT", "SENT")
@@ -383,13 +375,13 @@ def test_each_message_reaches_the_interface_its_route_names(world):
 
 def test_a_reply_leaves_through_the_interface_that_owns_the_sender_number(world):
     # +46701234567 is the SIM's own number (configured): a message from it goes there.
-    result(submitted(world, "+4670", "+46701234567", "reply"))
+    fired(submitted(world, "+4670", "+46701234567", "reply"))
     assert world.sim.sent == ["reply"]
     # A number the store saw messages come in on (a DID of api-2): learned.
-    result(world.store.add([Message(IN, "callfile", "+15550009999", "+1777", "hi",
+    fired(world.store.add([Message(IN, "callfile", "+15550009999", "+1777", "hi",
                                     source="webhook:api-2")]))
     world.itsp.outcomes = [OK]
-    r = result(submitted(world, "+1777", "+15550009999", "answer"))
+    r = fired(submitted(world, "+1777", "+15550009999", "answer"))
     assert world.itsp.sent[-1][0] == "api-2"
     m = row(world, r.message_id)
     assert (m.route, m.fallback) == ("itsp:api-2", ("itsp:api-1",))
@@ -402,13 +394,13 @@ def test_a_permanent_failure_moves_on_to_the_fallback_route(world):
     world.itsp.outcomes = [OK]
     d = submitted(world, "+46709999999", "+1666", "hej")
     world.clock.advance(5)
-    r = result(d)
+    r = fired(d)
     assert r.status == "SENT", r
     m = row(world, r.message_id)
     assert world.sim.sent == ["hej"]
     assert world.itsp.sent == [("api-2", "+46709999999", "+1666", "hej")]
     assert (m.status, m.route, m.fallback, m.attempts) == ("sent", "itsp:api-2", (), 1)
-    tries = result(world.store.reader.attempts(m.id))
+    tries = fired(world.store.reader.attempts(m.id))
     assert [(ok, detail) for _, ok, detail in tries] == [
         (0, "SIM refused: barred destination"), (1, "200 OK")]
 
@@ -417,7 +409,7 @@ def test_a_down_route_pauses_without_spending_attempts_and_resumes(world):
     world.dispatcher.set_down("goip:sim1", "bind lost")
     d = submitted(world, "+4670", "+1666", "wait for me", "sim1")
     world.clock.advance(5)
-    r = result(d)
+    r = fired(d)
     assert r.status == "QUEUED"
     for _ in range(12):  # an hour while the SIM is down
         world.clock.advance(300)
@@ -436,18 +428,18 @@ def test_a_down_route_hands_messages_with_a_fallback_to_it(world):
     world.outbox.router = Router(world.interfaces, RouteSettings(
         rules=(RouteRule("nordic", ("+46",), ("sim1", "api-1")),)))
     world.itsp.outcomes = [OK]
-    r = result(submitted(world, "+46709999999", "+1666", "via the fallback"))
+    r = fired(submitted(world, "+46709999999", "+1666", "via the fallback"))
     world.clock.advance(0)
     m = row(world, r.message_id)
     assert (m.status, m.route, m.attempts) == ("sent", "itsp:api-1", 1)
     # No attempt was spent on the route that was down.
-    assert [(ok, d) for _, ok, d in result(world.store.reader.attempts(m.id))] == [(1, "200 OK")]
+    assert [(ok, d) for _, ok, d in fired(world.store.reader.attempts(m.id))] == [(1, "200 OK")]
     assert world.sim.sent == []
 
 
 def test_a_down_route_fails_what_waited_longer_than_max_age(world):
     world.dispatcher.set_down("goip:sim1", "phone silent")
-    r = result(world.outbox.submit("+4670", "+1666", "too late", "sim1", wait=0))
+    r = fired(world.outbox.submit("+4670", "+1666", "too late", "sim1", wait=0))
     world.clock.advance(POLICY.max_age + 3600)
     m = row(world, r.message_id)
     assert m.status == "failed" and "down since" in m.reason and "phone silent" in m.reason
@@ -456,7 +448,7 @@ def test_a_down_route_fails_what_waited_longer_than_max_age(world):
 
 def test_an_outcome_saying_down_pauses_the_route_and_a_probe_retries(world):
     world.sim.outcomes = [Outcome.route_down("not bound")]
-    r = result(world.outbox.submit("+4670", "+1666", "first", "sim1", wait=0))
+    r = fired(world.outbox.submit("+4670", "+1666", "first", "sim1", wait=0))
     world.clock.advance(0)
     assert world.dispatcher.is_down("goip:sim1") == "not bound"
     m = row(world, r.message_id)
@@ -484,21 +476,21 @@ def test_minimum_interval_between_sends_of_a_route(world):
 def test_a_polled_route_takes_and_records(world):
     world.dispatcher.add_polled_route("smssync:phone1")
     m = Message(OUT, "smssync:phone1", "+4670", "+1666", "for the phone", source="api")
-    result(world.store.add([m]))
+    fired(world.store.add([m]))
     world.clock.advance(10)
     assert row(world, m.id).status == "queued"  # nobody pushes it
-    taken = result(world.dispatcher.take("smssync:phone1"))
+    taken = fired(world.dispatcher.take("smssync:phone1"))
     assert [t.id for t in taken] == [m.id]
     assert row(world, m.id).status == "sending"
-    assert result(world.dispatcher.take("smssync:phone1")) == []  # offered once
-    result(world.dispatcher.record(taken[0], Outcome.sent("the phone took it")))
+    assert fired(world.dispatcher.take("smssync:phone1")) == []  # offered once
+    fired(world.dispatcher.record(taken[0], Outcome.sent("the phone took it")))
     assert (row(world, m.id).status, row(world, m.id).attempts) == ("sent", 1)
 
 
 def test_sends_are_measured_per_route(world):
     world.itsp.outcomes = [OK, DOWN]
-    result(submitted(world, "+1555", "+1666", "a", "api-1"))
-    result(submitted(world, "+1555", "+1666", "b", "api-2"))
+    fired(submitted(world, "+1555", "+1666", "a", "api-1"))
+    fired(submitted(world, "+1555", "+1666", "b", "api-2"))
     routes = world.dispatcher.metrics.routes
     assert routes["itsp:api-1"].state == "ok" and routes["itsp:api-2"].state == "failing"
     assert routes["itsp:api-2"].last_reason == "connection refused"

@@ -17,7 +17,6 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from test_webhook import Conn, http_request, parse_response
@@ -368,19 +367,6 @@ class Hook:
                 assert conn.transport.value() == b""  # nothing before the commit
             self.sinks.fire()
         return conn.response()
-
-
-@pytest.fixture
-def events():
-    captured = []
-
-    def observer(event):
-        if event.get("log_namespace", "").startswith("websmsd"):
-            captured.append(event)
-
-    globalLogPublisher.addObserver(observer)
-    yield captured
-    globalLogPublisher.removeObserver(observer)
 
 
 def post(name, path="/", headers=(), body=None):

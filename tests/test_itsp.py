@@ -24,6 +24,7 @@ from dataclasses import replace
 
 import pytest
 
+from conftest import fired
 from websmsd import __version__
 from websmsd.channel import Outcome
 from websmsd.itsp import client as itsp_client
@@ -570,7 +571,7 @@ def test_json_conflicts_are_request_errors(static, words):
 
 def test_json_conflict_is_an_outcome_not_a_crash():
     client = ITSPClient(task.Clock(), treq_client=FailingTreq(AssertionError("no request expected")))
-    out = run(client.send(jiface(url_host="http://itsp.test", val_static="To.x=1"), "1", "2", "x"))
+    out = fired(client.send(jiface(url_host="http://itsp.test", val_static="To.x=1"), "1", "2", "x"))
     assert (out.ok, out.permanent) == (False, False) and out.reason.startswith("cannot send: key path")
 
 
@@ -724,7 +725,7 @@ def test_secrets_redacted_in_json_escaped_form(secret, ascii_only):
 def test_client_network_error_text_is_redacted():
     client = ITSPClient(task.Clock(), treq_client=FailingTreq(ValueError("bad url ?api_key=QS3CRET")))
     i = iface(url_host="http://itsp.test", auth_method="query", key_secret="api_key", auth_secret="QS3CRET")
-    out = run(client.send(i, "1", "2", "x"))
+    out = fired(client.send(i, "1", "2", "x"))
     assert (out.ok, out.permanent) == (False, False) and "QS3CRET" not in out.reason
 
 
@@ -777,7 +778,6 @@ def test_php_differential():
 
 from twisted.internet import defer, task  # noqa: E402
 from twisted.internet.error import ConnectionRefusedError, DNSLookupError  # noqa: E402
-from twisted.logger import globalLogPublisher  # noqa: E402
 from twisted.python.failure import Failure  # noqa: E402
 from twisted.web import server  # noqa: E402
 from twisted.web.resource import Resource  # noqa: E402
@@ -813,24 +813,6 @@ class RecordingITSP(Resource):
         return self.body
 
 
-def run(d):
-    """The result of an already-fired Deferred (StubTreq answers synchronously)."""
-    results = []
-    d.addBoth(results.append)
-    assert results, "the Deferred did not fire"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
-
-
-@pytest.fixture
-def events():
-    captured = []
-    globalLogPublisher.addObserver(captured.append)
-    yield captured
-    globalLogPublisher.removeObserver(captured.append)
-
-
 def stub_client(resource, **kw):
     stub = StubTreq(resource)
     clock = task.Clock()
@@ -842,7 +824,7 @@ def test_client_sends_exact_request_and_reports_success(events):
     client, stub, clock = stub_client(itsp_)
     i = iface(url_host="http://itsp.test", url_path="/v1/sms/send/", auth_method="zadarma",
               auth_user="KEY", auth_secret="SECRET", resp_check="status=success")
-    out = run(client.send(i, "+46701234567", "+46700000000", "Hej då 😀"))
+    out = fired(client.send(i, "+46701234567", "+46700000000", "Hej då 😀"))
     assert out.ok and not out.permanent and out.code == 200
     [seen] = itsp_.requests
     expected = build_request(i, "+46701234567", "+46700000000", "Hej då 😀")
@@ -872,7 +854,7 @@ def test_client_plain_auth_secret_never_logged(events):
     client, stub, clock = stub_client(itsp_)
     i = iface(url_host="http://itsp.test", url_path="/send?key=QUERYKEY", auth_method="plain",
               key_user="user", key_secret="key", auth_user="me", auth_secret="TOPSECRET")
-    out = run(client.send(i, "1", "2", "private words"))
+    out = fired(client.send(i, "1", "2", "private words"))
     assert (out.ok, out.permanent, out.code) == (False, True, 401)
     assert "TOPSECRET" not in out.reason
     assert itsp_.requests[0]["uri"] == b"/send?key=QUERYKEY"
@@ -884,7 +866,7 @@ def test_client_plain_auth_secret_never_logged(events):
 def test_client_basic_auth_header():
     itsp_ = RecordingITSP(body=b"")
     client, stub, clock = stub_client(itsp_)
-    out = run(client.send(iface(url_host="http://itsp.test", auth_user="u", auth_secret="p"), "1", "2", "x"))
+    out = fired(client.send(iface(url_host="http://itsp.test", auth_user="u", auth_secret="p"), "1", "2", "x"))
     assert out.ok
     assert itsp_.requests[0]["headers"][b"authorization"] == [b"Basic dTpw"]
 
@@ -892,7 +874,7 @@ def test_client_basic_auth_header():
 def test_client_does_not_follow_redirects():
     itsp_ = RecordingITSP(status=302, body=b"", headers=[(b"Location", b"http://elsewhere.test/x?k=1")])
     client, stub, clock = stub_client(itsp_)
-    out = run(client.send(iface(url_host="http://itsp.test", auth_method="none"), "1", "2", "x"))
+    out = fired(client.send(iface(url_host="http://itsp.test", auth_method="none"), "1", "2", "x"))
     assert (out.ok, out.permanent, out.code) == (False, True, 302)
     assert "http://elsewhere.test/x" in out.reason
     assert len(itsp_.requests) == 1
@@ -902,7 +884,7 @@ def test_client_does_not_follow_redirects():
 def test_client_failures(status, permanent):
     itsp_ = RecordingITSP(status=status, body=b'{"status":"error"}')
     client, stub, clock = stub_client(itsp_)
-    out = run(client.send(iface(url_host="http://itsp.test", auth_method="none", resp_check="status=success"), "1", "2", "x"))
+    out = fired(client.send(iface(url_host="http://itsp.test", auth_method="none", resp_check="status=success"), "1", "2", "x"))
     assert (out.ok, out.permanent, out.code) == (False, permanent, status)
 
 
@@ -953,7 +935,7 @@ def test_client_internal_error_is_an_outcome(monkeypatch, events):
 
     monkeypatch.setattr(itsp_client, "build_request", broken)
     client, stub, clock = stub_client(RecordingITSP())
-    out = run(client.send(iface(url_host="http://itsp.test"), "1", "2", "x"))
+    out = fired(client.send(iface(url_host="http://itsp.test"), "1", "2", "x"))
     assert (out.ok, out.permanent) == (False, False) and "internal error" in out.reason
     assert any(e.get("log_failure") is not None for e in events)
 
@@ -963,9 +945,9 @@ def test_client_log_events_format_and_hide_the_answer(events):
 
     itsp_ = RecordingITSP(body=b'{"status":"success","text":"secret words"}')
     client, stub, clock = stub_client(itsp_)
-    assert run(client.send(iface(url_host="http://itsp.test", auth_method="none"), "1", "2", "secret words")).ok
+    assert fired(client.send(iface(url_host="http://itsp.test", auth_method="none"), "1", "2", "secret words")).ok
     itsp_.status = 500
-    assert not run(client.send(iface(url_host="http://itsp.test", auth_method="none"), "1", "2", "x")).ok
+    assert not fired(client.send(iface(url_host="http://itsp.test", auth_method="none"), "1", "2", "x")).ok
     texts = [formatEvent(e) for e in events if e.get("log_namespace") == "websmsd.itsp"]
     assert texts[0] == "interface '' http://itsp.test/v1/sms/send/: sent, HTTP 200 in 0 ms"
     assert texts[1].startswith("interface '' http://itsp.test/v1/sms/send/: not sent, will retry after 0 ms: HTTP 500")
@@ -986,7 +968,7 @@ def test_pure_layer_imports_no_twisted():
 def test_client_caps_the_response_body():
     itsp_ = RecordingITSP(body=b'{"status":"success"}' + b" " * 5000)
     client, stub, clock = stub_client(itsp_, max_response=100)
-    out = run(client.send(iface(url_host="http://itsp.test", auth_method="none", resp_check="/success/"), "1", "2", "x"))
+    out = fired(client.send(iface(url_host="http://itsp.test", auth_method="none", resp_check="/success/"), "1", "2", "x"))
     assert out.ok and "truncated" in out.reason
 
 
@@ -1013,30 +995,29 @@ class FailingTreq:
 @pytest.mark.parametrize("synchronous", [False, True])
 def test_client_network_errors_become_transient_outcomes(error, words, synchronous):
     client = ITSPClient(task.Clock(), treq_client=FailingTreq(error, synchronous))
-    out = run(client.send(iface(url_host="http://itsp.test", auth_method="none"), "1", "2", "x"))
+    out = fired(client.send(iface(url_host="http://itsp.test", auth_method="none"), "1", "2", "x"))
     assert (out.ok, out.permanent, out.code) == (False, False, None)
     assert words in out.reason
 
 
 def test_client_wrapped_errors_are_named():
-    from twisted.python.failure import Failure
     from twisted.web.client import ResponseNeverReceived
 
     wrapped = ResponseNeverReceived([Failure(ConnectionRefusedError("x"))])
     client = ITSPClient(task.Clock(), treq_client=FailingTreq(wrapped))
-    out = run(client.send(iface(url_host="https://itsp.test:8443", auth_method="none"), "1", "2", "x"))
+    out = fired(client.send(iface(url_host="https://itsp.test:8443", auth_method="none"), "1", "2", "x"))
     assert "connection refused by itsp.test:8443" in out.reason
 
 
 def test_client_configuration_errors_are_outcomes(tmp_path):
     client = ITSPClient(task.Clock())
-    out = run(client.send(iface(url_host="ftp://x", auth_method="none"), "1", "2", "x"))
+    out = fired(client.send(iface(url_host="ftp://x", auth_method="none"), "1", "2", "x"))
     assert (out.ok, out.permanent) == (False, False) and "http://" in out.reason
-    out = run(client.send(iface(tls_ca=str(tmp_path / "missing.pem")), "1", "2", "x"))
+    out = fired(client.send(iface(tls_ca=str(tmp_path / "missing.pem")), "1", "2", "x"))
     assert (out.ok, out.permanent) == (False, False) and "tls_ca" in out.reason
     empty = tmp_path / "empty.pem"
     empty.write_text("no certificate here\n")
-    out = run(client.send(iface(tls_ca=str(empty)), "1", "2", "x"))
+    out = fired(client.send(iface(tls_ca=str(empty)), "1", "2", "x"))
     assert "no PEM certificate" in out.reason
 
 
@@ -1116,7 +1097,7 @@ def test_one_pool_per_trust_configuration(tmp_path):
     private = client.client_for(iface(tls_ca=cert))
     assert private is not plain
     assert client.client_for(iface(tls_ca=cert, name="b")) is private
-    run(client.close())
+    fired(client.close())
 
 
 # ---------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import textwrap
 
 import pytest
 
+from conftest import fired
 from websmsd.config import loads
 from websmsd.itsp.request import build_request, json_document
 from websmsd.itsp.response import check_response, response_id
@@ -595,8 +596,6 @@ def test_numbers_imports_phonenumbers_lazily():
 pytest.importorskip("treq")
 
 from twisted.internet import task  # noqa: E402
-from twisted.logger import globalLogPublisher  # noqa: E402
-from twisted.python.failure import Failure  # noqa: E402
 from twisted.web.resource import Resource  # noqa: E402
 from treq.testing import StubTreq  # noqa: E402
 
@@ -627,23 +626,6 @@ class ITSP(Resource):
 
 def client_for(itsp):
     return ITSPClient(task.Clock(), treq_client=StubTreq(itsp))
-
-
-def fired(d):
-    results = []
-    d.addBoth(results.append)
-    assert results, "the Deferred did not fire"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
-
-
-@pytest.fixture
-def log():
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 def local(conf: str, url: str = "http://itsp.test"):

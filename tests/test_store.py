@@ -6,17 +6,9 @@ import time
 
 import pytest
 
+from conftest import fired
 from websmsd.message import IN, OUT, Message
 from websmsd.store import Store, StoreError, schema_scripts
-
-
-def result(d):
-    out = []
-    d.addBoth(out.append)
-    assert out, "Deferred did not fire"
-    if hasattr(out[0], "raiseException"):
-        out[0].raiseException()
-    return out[0]
 
 
 @pytest.fixture
@@ -56,10 +48,10 @@ def test_upgrade_from_version_1_keeps_rows_and_backs_up(tmp_path):
     db.close()
     s = Store(str(path), run_inline=True)
     s.open()
-    old = result(s.get("00000000000000000001"))
+    old = fired(s.get("00000000000000000001"))
     assert (old.body, old.route, old.source) == ("old", "itsp", "agi")
     assert (tmp_path / "old.sqlite3.v1.bak").exists()
-    assert result(s.report("P1", ["itsp"], "delivered")) is None
+    assert fired(s.report("P1", ["itsp"], "delivered")) is None
     s.close()
 
 
@@ -76,7 +68,7 @@ def test_upgrade_of_a_store_written_by_the_release_before_routes(tmp_path):
     backup = tmp_path / "websmsd.sqlite3.v4.bak"
     assert backup.exists()
     assert sqlite3.connect(backup).execute("PRAGMA user_version").fetchone()[0] == 4
-    got = {m.id[-1]: m for m in result(s.reader.recent(limit=10))}
+    got = {m.id[-1]: m for m in fired(s.reader.recent(limit=10))}
     assert {k: (m.direction, m.source, m.route, m.status) for k, m in got.items()} == {
         "1": ("in", "webhook", "callfile", "sent"),
         "2": ("in", "webhook:tw", "callfile", "queued"),
@@ -89,12 +81,12 @@ def test_upgrade_of_a_store_written_by_the_release_before_routes(tmp_path):
     assert (got["5"].attempts, got["5"].next_attempt, got["5"].reason) == (3, 1_780_000_500.0, "HTTP 503")
     # What was due is due on its route; reports and attempts are kept; a report finds
     # its message by route.
-    assert [m.body for m in result(s.due("itsp", 1_780_001_000.0))] == ["outbound, retrying"]
-    assert [m.body for m in result(s.due("callfile", 1_780_001_000.0))] == ["inbound, waiting for part 2"]
-    assert [r[1] for r in result(s.reader.reports([got["4"].id]))[got["4"].id]] == ["delivered"]
-    assert [r[2] for r in result(s.reader.attempts(got["6"].id))] == ["HTTP 400: bad number"]
-    assert result(s.report("prov-1", ["itsp:api-2"], "delivered")) is None
-    assert result(s.report("prov-1", ["itsp:api-1"], "delivered")) == got["3"].id
+    assert [m.body for m in fired(s.due("itsp", 1_780_001_000.0))] == ["outbound, retrying"]
+    assert [m.body for m in fired(s.due("callfile", 1_780_001_000.0))] == ["inbound, waiting for part 2"]
+    assert [r[1] for r in fired(s.reader.reports([got["4"].id]))[got["4"].id]] == ["delivered"]
+    assert [r[2] for r in fired(s.reader.attempts(got["6"].id))] == ["HTTP 400: bad number"]
+    assert fired(s.report("prov-1", ["itsp:api-2"], "delivered")) is None
+    assert fired(s.report("prov-1", ["itsp:api-1"], "delivered")) == got["3"].id
     assert s.owners == {"+15550001000": "webhook:tw"}
     db = sqlite3.connect(path)
     columns = [r[1] for r in db.execute("PRAGMA table_info(messages)")]
@@ -114,46 +106,46 @@ def test_newer_schema_is_refused(tmp_path):
 
 
 def test_dedupe_key_stores_a_resent_message_once(store):
-    assert result(store.add([msg(dedupe_key="x\x1fSM1")])) == [True]
-    assert result(store.add([msg(dedupe_key="x\x1fSM1"), msg(dedupe_key=None)])) == [False, True]
-    assert len(result(store.reader.recent())) == 2
+    assert fired(store.add([msg(dedupe_key="x\x1fSM1")])) == [True]
+    assert fired(store.add([msg(dedupe_key="x\x1fSM1"), msg(dedupe_key=None)])) == [False, True]
+    assert len(fired(store.reader.recent())) == 2
 
 
 def test_due_is_oldest_first_and_skips_in_flight_and_future(store):
     a, b, c = msg("a", created=1.0), msg("b", created=2.0), msg("c", created=3.0, next_attempt=50.0)
-    result(store.add([c, b, a, msg("d", direction=OUT, route="itsp:x")]))
-    assert [m.body for m in result(store.due("callfile", 10.0))] == ["a", "b"]
-    assert [m.body for m in result(store.due("callfile", 10.0, exclude=[a.id]))] == ["b"]
-    assert [m.body for m in result(store.due("callfile", 60.0))] == ["a", "b", "c"]
-    assert result(store.due("itsp", 60.0)) == []
-    assert [m.body for m in result(store.due("itsp:x", 60.0))] == ["d"]
-    assert result(store.next_due("callfile")) == 0.0
+    fired(store.add([c, b, a, msg("d", direction=OUT, route="itsp:x")]))
+    assert [m.body for m in fired(store.due("callfile", 10.0))] == ["a", "b"]
+    assert [m.body for m in fired(store.due("callfile", 10.0, exclude=[a.id]))] == ["b"]
+    assert [m.body for m in fired(store.due("callfile", 60.0))] == ["a", "b", "c"]
+    assert fired(store.due("itsp", 60.0)) == []
+    assert [m.body for m in fired(store.due("itsp:x", 60.0))] == ["d"]
+    assert fired(store.next_due("callfile")) == 0.0
 
 
 def test_claim_takes_only_what_still_waits(store):
     a, b, c = msg("a", direction=OUT), msg("b", direction=OUT), msg("c", direction=OUT)
-    result(store.add([a, b, c]))
-    result(store.cancel(b.id))
-    assert result(store.claim([a.id, b.id, c.id])) == [a.id, c.id]
-    assert result(store.get(a.id)).status == "sending"
-    assert result(store.claim([a.id])) == [a.id]  # "sending" (after a crash) is claimed again
+    fired(store.add([a, b, c]))
+    fired(store.cancel(b.id))
+    assert fired(store.claim([a.id, b.id, c.id])) == [a.id, c.id]
+    assert fired(store.get(a.id)).status == "sending"
+    assert fired(store.claim([a.id])) == [a.id]  # "sending" (after a crash) is claimed again
 
 
 def test_fallback_routes_round_trip_and_reroute(store):
     m = msg(direction=OUT, route="itsp:a", fallback=("itsp:b", "goip:sim1"))
-    result(store.add([m]))
-    assert result(store.get(m.id)).fallback == ("itsp:b", "goip:sim1")
+    fired(store.add([m]))
+    assert fired(store.get(m.id)).fallback == ("itsp:b", "goip:sim1")
     woken = []
     store.listeners.append(woken.append)
-    result(store.update([(m.id, {"route": "itsp:b", "fallback": ("goip:sim1",)})], wake=["itsp:b"]))
-    got = result(store.get(m.id))
+    fired(store.update([(m.id, {"route": "itsp:b", "fallback": ("goip:sim1",)})], wake=["itsp:b"]))
+    got = fired(store.get(m.id))
     assert (got.route, got.fallback) == ("itsp:b", ("goip:sim1",))
     assert woken == ["itsp:b"]
 
 
 def test_owners_remember_where_messages_to_each_number_came_in(tmp_path, store):
-    result(store.add([msg(to="+4670", source="webhook:tw", created=1.0)]))
-    result(store.add([msg(to="+4670", source="goip:sim1", created=2.0),
+    fired(store.add([msg(to="+4670", source="webhook:tw", created=1.0)]))
+    fired(store.add([msg(to="+4670", source="goip:sim1", created=2.0),
                       msg(to="+4671", source="goip:sim2", created=2.0)]))
     assert store.owners == {"+4670": "goip:sim1", "+4671": "goip:sim2"}
     store.close()
@@ -165,10 +157,10 @@ def test_owners_remember_where_messages_to_each_number_came_in(tmp_path, store):
 
 def test_update_records_attempts_and_refuses_unknown_columns(store):
     m = msg(direction=OUT)
-    result(store.add([m]))
-    result(store.update([(m.id, {"status": "sent", "attempts": 1})], [(m.id, True, "200")]))
-    assert result(store.get(m.id)).status == "sent"
-    [(at, ok, detail)] = result(store.reader.attempts(m.id))
+    fired(store.add([m]))
+    fired(store.update([(m.id, {"status": "sent", "attempts": 1})], [(m.id, True, "200")]))
+    assert fired(store.get(m.id)).status == "sent"
+    [(at, ok, detail)] = fired(store.reader.attempts(m.id))
     assert (ok, detail) == (1, "200")
     with pytest.raises(ValueError):
         store.update([(m.id, {"direction": "in"})])
@@ -176,17 +168,17 @@ def test_update_records_attempts_and_refuses_unknown_columns(store):
 
 def test_reports_move_a_message_forward_only(store):
     m = msg(direction=OUT, provider_id="P-1", status="sent")
-    result(store.add([m]))
-    assert result(store.report("P-1", ["itsp"], "delivered")) == m.id
-    assert result(store.report("P-1", ["itsp"], "sent")) == m.id  # late, out of order
-    assert result(store.get(m.id)).status == "delivered"
-    assert result(store.report("P-1", ["itsp"], "delivered")) == m.id  # resent by the provider
-    assert [r[1] for r in result(store.reader.reports([m.id]))[m.id]] == ["delivered", "sent"]
-    assert result(store.report("unknown", ["itsp"], "delivered")) is None
+    fired(store.add([m]))
+    assert fired(store.report("P-1", ["itsp"], "delivered")) == m.id
+    assert fired(store.report("P-1", ["itsp"], "sent")) == m.id  # late, out of order
+    assert fired(store.get(m.id)).status == "delivered"
+    assert fired(store.report("P-1", ["itsp"], "delivered")) == m.id  # resent by the provider
+    assert [r[1] for r in fired(store.reader.reports([m.id]))[m.id]] == ["delivered", "sent"]
+    assert fired(store.report("unknown", ["itsp"], "delivered")) is None
     f = msg(direction=OUT, provider_id="P-2", status="sent")
-    result(store.add([f]))
-    result(store.report("P-2", ["itsp"], "failed", "30003 unreachable"))
-    got = result(store.get(f.id))
+    fired(store.add([f]))
+    fired(store.report("P-2", ["itsp"], "failed", "30003 unreachable"))
+    got = fired(store.get(f.id))
     assert (got.status, got.reason) == ("failed", "30003 unreachable")
 
 
@@ -194,34 +186,34 @@ def test_reports_are_scoped_by_route(store):
     # Two SIMs hand out the same message ids: a report is about its own route's message.
     a = msg("a", direction=OUT, route="goip:sim1", provider_id="17", status="sent", created=1.0)
     b = msg("b", direction=OUT, route="goip:sim2", provider_id="17", status="sent", created=2.0)
-    result(store.add([a, b]))
-    assert result(store.report("17", ["goip:sim1"], "delivered")) == a.id
-    assert result(store.get(b.id)).status == "sent"
-    assert result(store.report("17", ["goip:sim3"], "delivered")) is None
+    fired(store.add([a, b]))
+    assert fired(store.report("17", ["goip:sim1"], "delivered")) == a.id
+    assert fired(store.get(b.id)).status == "sent"
+    assert fired(store.report("17", ["goip:sim3"], "delivered")) is None
 
 
 def test_requeue_and_cancel(store):
     m = msg(direction=OUT, status="failed", attempts=10, reason="gave up")
     q = msg(direction=OUT)
-    result(store.add([m, q]))
-    assert result(store.requeue(m.id)) is True
-    got = result(store.get(m.id))
+    fired(store.add([m, q]))
+    assert fired(store.requeue(m.id)) is True
+    got = fired(store.get(m.id))
     assert (got.status, got.attempts, got.reason) == ("queued", 0, None)
-    assert result(store.requeue(q.id)) is False  # not failed: nothing to do
-    assert result(store.cancel(q.id)) is True
-    assert result(store.get(q.id)).status == "cancelled"
+    assert fired(store.requeue(q.id)) is False  # not failed: nothing to do
+    assert fired(store.cancel(q.id)) is True
+    assert fired(store.get(q.id)).status == "cancelled"
 
 
 def test_search_by_number_treats_like_wildcards_literally(store):
-    result(store.add([msg(to="+1555"), msg(to="+1_55"), msg(to="+1999", sender="100%")]))
-    assert [m.recipient for m in result(store.reader.recent(number="_55"))] == ["+1_55"]
-    assert [m.sender for m in result(store.reader.recent(number="%"))] == ["100%"]
-    assert len(result(store.reader.recent(number="55"))) == 2
+    fired(store.add([msg(to="+1555"), msg(to="+1_55"), msg(to="+1999", sender="100%")]))
+    assert [m.recipient for m in fired(store.reader.recent(number="_55"))] == ["+1_55"]
+    assert [m.sender for m in fired(store.reader.recent(number="%"))] == ["100%"]
+    assert len(fired(store.reader.recent(number="55"))) == 2
 
 
 def test_counts(store):
-    result(store.add([msg(), msg(), msg(direction=OUT, route="itsp:api-1", status="failed")]))
-    assert result(store.reader.counts()) == {("in", "callfile", "queued"): 2,
+    fired(store.add([msg(), msg(), msg(direction=OUT, route="itsp:api-1", status="failed")]))
+    assert fired(store.reader.counts()) == {("in", "callfile", "queued"): 2,
                                              ("out", "itsp:api-1", "failed"): 1}
 
 

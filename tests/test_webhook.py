@@ -14,12 +14,10 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from websmsd.http import site as webhook_site
 from websmsd.http.site import WebhookRequest, make_site
 from websmsd.itsp import inbound as webhook
 from websmsd.itsp.body import FieldError, UnsupportedMediaType, parse_fields
@@ -555,19 +553,6 @@ class Hook:
             _, d = self.store.calls[-1]
             d.callback([True])
         return conn.response(head=head)
-
-
-@pytest.fixture
-def events():
-    captured = []
-
-    def observer(event):
-        if event.get("log_namespace", "").startswith("websmsd"):
-            captured.append(event)
-
-    globalLogPublisher.addObserver(observer)
-    yield captured
-    globalLogPublisher.removeObserver(observer)
 
 
 def test_make_site():

@@ -253,19 +253,8 @@ class ITSPClient:
         for warning in request.warnings:
             self._log.warn("interface {iface!r}: {warning}", iface=iface.name, warning=warning)
 
-        state: Dict[str, Any] = {"step": None, "timed_out": False}
-
-        def on_timeout() -> None:
-            state["timed_out"] = True
-            if state["step"] is not None:
-                # Unconditionally: a Deferred that has fired but waits on a chained one
-                # (treq's, once connected) is `called` and yet still cancellable.
-                state["step"].cancel()
-
-        timeout_outcome = Outcome(False, f"timeout: no complete answer within {self.timeout:g} s")
-        timer = self._reactor.callLater(self.timeout, on_timeout)
-        try:
-            state["step"] = defer.maybeDeferred(
+        async def exchange() -> Tuple[Any, bytes, bool]:
+            response = await defer.maybeDeferred(
                 client.request,
                 request.method,
                 request.url,
@@ -275,20 +264,21 @@ class ITSPClient:
                 allow_redirects=False,
                 unbuffered=True,
             )
-            response = await state["step"]
-            state["step"] = _read_body(response, self.max_response)
-            content, truncated = await state["step"]
-        except defer.CancelledError:
-            if not state["timed_out"]:
-                raise
-            return timeout_outcome
+            content, truncated = await _read_body(response, self.max_response)
+            return response, content, truncated
+
+        # One deadline for the whole exchange, the body included: cancelling it on time
+        # cancels whichever step it is waiting on (the connection, or the body's read),
+        # and whatever error that cancellation becomes (treq wraps it) reads as a timeout.
+        exchanged = defer.ensureDeferred(exchange())
+        exchanged.addTimeout(self.timeout, self._reactor, onTimeoutCancel=_timed_out)
+        try:
+            result = await exchanged
         except Exception as e:
-            if state["timed_out"]:
-                return timeout_outcome
             return Outcome(False, redact(_describe_error(e, iface.url), secrets))
-        finally:
-            if timer.active():
-                timer.cancel()
+        if result is _TIMED_OUT:
+            return Outcome(False, f"timeout: no complete answer within {self.timeout:g} s")
+        response, content, truncated = result
 
         location = response.headers.getRawHeaders(b"location", [None])[0]
         if isinstance(location, bytes):
@@ -307,6 +297,14 @@ class ITSPClient:
                 iface=iface.name, resp_id=iface.resp_id,
             )
         return outcome
+
+
+_TIMED_OUT = object()
+
+
+def _timed_out(result: Any, timeout: float) -> Any:
+    """addTimeout's onTimeoutCancel: whatever the cancelled exchange ended with."""
+    return _TIMED_OUT
 
 
 def _twisted_headers(headers: Sequence[Header]) -> Any:
