@@ -46,7 +46,8 @@ class Daemon:
     """websmsd in a subprocess, with its own config, spool and store under `root`."""
 
     def __init__(self, root: Path, websms: str = "", websmsd: str = "", astqueue: str = "",
-                 daemon: str = "", env: Optional[Dict[str, str]] = None):
+                 daemon: str = "", env: Optional[Dict[str, str]] = None, **sections: str):
+        """`sections`: more sections by name ([route], [goip]...), each a text."""
         self.root = root
         (root / "spool").mkdir(parents=True, exist_ok=True)
         self.webhook_port = free_port()
@@ -68,6 +69,7 @@ class Daemon:
             f'agi_listen = "tcp:{self.agi_port}:interface=127.0.0.1"\n'
             f'status_listen = "tcp:{self.status_port}:interface=127.0.0.1"\n'
             f"store = {self.store}\n{daemon}\n"
+            + "".join(f"[{name}]\n{text}\n" for name, text in sections.items())
         )
 
     @property

@@ -78,7 +78,11 @@ def websms_main(argv: Optional[List[str]] = None) -> int:
 def websmsd_main(argv: Optional[List[str]] = None) -> int:
     from websmsd.tap import default_config
 
-    parser = argparse.ArgumentParser(prog="websmsd")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["websms"]:  # `python3 -m websmsd websms ...` from the source tree
+        return websms_main(argv[1:])
+    parser = argparse.ArgumentParser(
+        prog="websmsd", epilog="websmsd websms TO FROM BODY [INDEX]: the websms command")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check-config", help="read websms.conf, print what it means")
     check.add_argument("file", nargs="?", default=None)
@@ -146,4 +150,4 @@ def _came_in_on(path: str, number: str) -> Optional[str]:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(websms_main())
+    sys.exit(websmsd_main())

@@ -20,15 +20,24 @@ log = Logger()
 
 
 class StoreService(service.Service):
-    """Opens the store when the daemon starts, closes it (after the last commit) on stop."""
+    """Opens the store when the daemon starts, closes it (after the last commit) on stop.
+
+    It opens (and upgrades) the store in privilegedStartService: the listeners bind their
+    ports in theirs, which twistd runs for every service before any startService, and
+    nothing may reach a listener before the store can take it."""
 
     name = "store"
 
     def __init__(self, store: Any):
         self.store = store
 
-    def startService(self) -> None:
+    def privilegedStartService(self) -> None:
         self.store.open()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        if not self.store.is_open:  # started without the privileged step (not by twistd)
+            self.store.open()
         super().startService()
 
     def stopService(self) -> defer.Deferred:

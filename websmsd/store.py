@@ -117,6 +117,10 @@ class Store:
 
     # -- opening, schema ------------------------------------------------------------
 
+    @property
+    def is_open(self) -> bool:
+        return self._db is not None
+
     def open(self) -> None:
         """Create or upgrade the database.  Runs before the reactor serves anything."""
         directory = os.path.dirname(os.path.abspath(self.path))
