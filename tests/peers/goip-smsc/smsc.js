@@ -2,8 +2,9 @@
 // A GoIP-like SMPP SMSC for websmsd's black-box tests, built on the npm package `smpp`
 // (an implementation independent of websmsd's codec).
 //
-//   node smsc.js [--port 0] [--password secret] [--sims goip01,goip02,...]
+//   node smsc.js [--port 0] [--password secret] [--sims goip01,goip02,...] [--quiet]
 //
+// --quiet: no event per submit_sm (for benchmarks); {"cmd":"stats"} tells the counts.
 // Listens on 127.0.0.1 only. Prints one JSON object per line on stdout (the first is
 // {"event":"listening","port":N}); reads one JSON command per line on stdin.
 //
@@ -19,6 +20,7 @@
 //   mute     {on: bool}                stop / resume answering enquire_link
 //   throttle {n}                       answer the next n submit_sm with ESME_RTHROTTLED
 //   unbind   {sim}                     send unbind to the client
+//   stats                              {"event":"stats","submits":N,"throttled":N}
 //   quit
 // Events: listening, bind, submit_sm, deliver_sm_resp, enquire_link, unbind, close,
 // sent, error.
@@ -36,12 +38,14 @@ function arg(name, fallback) {
 
 const PASSWORD = arg('password', 'secret');
 const SIMS = arg('sims', 'goip01,goip02,goip03,goip04,goip05,goip06,goip07,goip08').split(',');
+const QUIET = args.includes('--quiet');
 const ESME_RTHROTTLED = 0x58;
 
 const sessions = {};   // system_id -> the session bound last as that SIM
 let muted = false;
 let throttle = 0;
 let nextMessageId = 0x0e7c;
+const counts = { submits: 0, throttled: 0 };
 
 function emit(obj) {
   process.stdout.write(JSON.stringify(obj) + '\n');
@@ -92,6 +96,11 @@ function onBind(session, pdu) {
 }
 
 function onSubmit(session, pdu) {
+  counts.submits += 1;
+  if (QUIET) {
+    const id = (nextMessageId++).toString(16).padStart(8, '0');
+    return session.send(pdu.response({ message_id: id }));
+  }
   const sm = messageOf(pdu.short_message);
   const payload = messageOf(pdu.message_payload);
   const report = {
@@ -107,6 +116,7 @@ function onSubmit(session, pdu) {
   };
   if (throttle > 0) {
     throttle -= 1;
+    counts.throttled += 1;
     session.send(pdu.response({ command_status: ESME_RTHROTTLED }));
     report.status = ESME_RTHROTTLED;
   } else {
@@ -237,6 +247,8 @@ rl.on('line', (line) => {
       if (s) s.unbind();
       return emit({ event: 'sent', cmd: 'unbind', sim: cmd.sim, found: !!s });
     }
+    case 'stats':
+      return emit(Object.assign({ event: 'stats' }, counts));
     case 'quit':
       return process.exit(0);
     default:
