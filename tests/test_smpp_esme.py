@@ -576,3 +576,24 @@ def test_stop_while_disconnected_and_when_bound_waiter():
     h.clock.advance(100)
     assert h.endpoint.transports == []
 
+
+
+def test_peer_strings_reach_the_log_on_one_line():
+    from twisted.logger import formatEvent
+
+    lines = []
+
+    def observer(event):
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        h = Harness()
+        h.bind.startService()
+        h.accept_bind(system_id=b"evil\nInjected: line\r")
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    bound = [line for line in lines if "bound as goip01" in line]
+    assert bound and all("\n" not in line and "\r" not in line for line in bound)
+    assert "evil?Injected: line?" in bound[0]
+    assert h.bind.peer_system_id == "evil\nInjected: line\r"   # kept as sent, for callers

@@ -440,6 +440,11 @@ class ESMEProtocol(protocol.Protocol):
         return d
 
 
+def _printable(text: str, limit: int = 64) -> str:
+    """A peer's string made safe for one log line (no CR/LF or other controls)."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
+
+
 def _reason_text(reason) -> str:
     if isinstance(reason, Failure):
         if reason.check(ConnectionDone):
@@ -615,7 +620,7 @@ class SMPPBind(service.Service):
         self.peer_system_id = peer_system_id
         self.log.info("SMPP {bind}: bound as {system_id} ({mode}) to {peer}",
                       bind=self.label, system_id=self.system_id, mode=self.mode,
-                      peer=peer_system_id or "?")
+                      peer=_printable(peer_system_id) or "?")
         self._set_state(BOUND, f"bound as {self.system_id}")
         waiters, self._waiters = self._waiters, []
         for w in waiters:
