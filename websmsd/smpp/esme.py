@@ -473,6 +473,9 @@ class _WatchedEndpoint:
     def __init__(self, endpoint, bind: "SMPPBind"):
         self._endpoint, self._bind = endpoint, bind
 
+    def __repr__(self):
+        return repr(self._endpoint)
+
     def connect(self, factory):
         self._bind._set_state(CONNECTING, "connecting")
         d = self._endpoint.connect(factory)
