@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Deque, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Deque, Iterable, List, Optional, Sequence, Tuple, Union
 
 # ---------------------------------------------------------------------------------------
 # Limits
@@ -315,7 +315,8 @@ def _check_name(name: object, what: str) -> str:
 def _field_line(name: str, value: object) -> bytes:
     _check_name(name, "header name")
     if not isinstance(value, str):
-        raise AMIEncodeError(f"AMI header {name}: the value must be a string, not {type(value).__name__}")
+        raise AMIEncodeError(
+            f"AMI header {name}: the value must be a string, not {type(value).__name__}")
     if "\r" in value or "\n" in value or "\x00" in value:
         # A newline would end the header (or the whole action) early: the rest of the
         # value would become headers or an action of its own.
