@@ -568,3 +568,600 @@ def test_pure_modules_import_nothing_from_twisted():
     root = Path(__file__).resolve().parent.parent
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# =======================================================================================
+# The Twisted server
+# =======================================================================================
+
+from twisted.internet import defer, task  # noqa: E402
+from twisted.logger import Logger, formatEvent  # noqa: E402
+
+from websmsd.goip.outcome import UssdError  # noqa: E402
+from websmsd.goip.udpserver import GoIPUDPServer  # noqa: E402
+
+GOIP = ("192.0.2.10", 9991)
+OTHER = ("192.0.2.99", 9991)
+
+
+class FakeDatagramTransport:
+    def __init__(self):
+        self.written = []
+
+    def write(self, data, addr):
+        self.written.append((data, addr))
+
+    def take(self):
+        out, self.written = self.written, []
+        return out
+
+
+class Harness:
+    def __init__(self, **kw):
+        self.clock = task.Clock()
+        self.clock.advance(1000)
+        self.received = []
+        self.reports = []
+        self.store = []  # pending Deferreds of on_receive / on_report, in call order
+        self.auto = True  # answer the callbacks at once
+        self.events = []
+
+        def on_receive(line, recvid, srcnum, text, key):
+            self.received.append((line, recvid, srcnum, text, key))
+            if self.auto:
+                return defer.succeed(None)
+            d = defer.Deferred()
+            self.store.append(d)
+            return d
+
+        def on_report(line, sms_no, state, num):
+            self.reports.append((line, sms_no, state, num))
+            if self.auto:
+                return None
+            d = defer.Deferred()
+            self.store.append(d)
+            return d
+
+        args = dict(clock=self.clock, on_receive=on_receive, on_report=on_report, sendid_start=500)
+        args.update(kw)
+        self.server = GoIPUDPServer({"sim1": ("goip01", "secret"), "sim2": ("goip02", "other")}, **args)
+        self.server._log = Logger(namespace="test", observer=self.events.append)
+        self.transport = FakeDatagramTransport()
+        self.server.makeConnection(self.transport)
+
+    def feed(self, data, addr=GOIP):
+        if isinstance(data, str):
+            data = data.encode()
+        self.server.datagramReceived(data, addr)
+        return self.transport.take()
+
+    def register(self, goip_id="goip01", password="secret", addr=GOIP, gsm="LOGIN"):
+        return self.feed(f"req:1;id:{goip_id};pass:{password};num:;signal:20;gsm_status:{gsm};", addr)
+
+    def log_text(self):
+        return "\n".join(formatEvent(e) + " " + repr(e) for e in self.events)
+
+
+def test_keepalive_is_answered_and_recorded():
+    h = Harness()
+    assert h.server.line_status("sim1").registered is False
+    out = h.feed(NODE_GOIP_KEEPALIVE.replace(b"gateway_name", b"goip01").replace(b"gateway_password", b"secret"))
+    assert out == [(b"reg:27;status:200;", GOIP)]
+    st = h.server.line_status("sim1")
+    assert st.registered and st.since == 1000 and st.last_keepalive == 1000 and st.address == GOIP
+    assert (st.signal, st.gsm_status, st.voip_status, st.sms_login, st.keepalives) == (29, "LOGIN", "LOGOUT", "N", 1)
+    h.clock.advance(30)
+    h.register()
+    st = h.server.line_status("sim1")
+    assert st.since == 1000 and st.last_keepalive == 1030 and st.keepalives == 2
+    h.clock.advance(91)
+    assert not h.server.line_status("sim1").registered
+    h.register()
+    assert h.server.line_status("sim1").since == 1121  # a new registration
+
+
+def test_keepalive_ack_form_is_a_setting():
+    h = Harness(dialect=udp.Dialect(ack_prefix="req", ack_status="0"))
+    assert h.register() == [(b"req:1;status:0;", GOIP)]
+
+
+def test_wrong_password_changes_nothing_and_is_counted_without_the_password():
+    h = Harness()
+    for packet in (
+        "req:1;id:goip01;pass:guess;num:;signal:20;gsm_status:LOGIN;",
+        "RECEIVE:5;id:goip01;password:guess;srcnum:1;msg:hi",
+        "DELIVER:6;id:goip01;password:guess;sms_no:3;state:0;num:1",
+        "STATE:7;id:goip01;password:guess;gsm_remain_state:IDLE",
+        "req:1;id:goip01;pass:secre;",
+        "req:1;id:goip01;pass:secret2;",
+    ):
+        assert h.feed(packet) == []
+    st = h.server.line_status("sim1")
+    assert st.bad_password == 6 and not st.registered and st.address is None
+    assert h.server.totals["bad_password"] == 6
+    assert h.received == [] and h.reports == []
+    assert "guess" not in h.log_text() and "secret" not in h.log_text()
+    assert "wrong password" in h.log_text()
+
+
+def test_another_lines_password_is_wrong():
+    h = Harness()
+    assert h.register(goip_id="goip01", password="other") == []
+    assert h.server.line_status("sim1").bad_password == 1
+
+
+def test_unknown_ids_and_garbage_are_counted_and_dropped():
+    h = Harness()
+    assert h.feed("req:1;id:stranger;pass:x;") == []
+    assert h.feed(b"\xff\x00garbage") == []
+    assert h.feed(b"") == []
+    assert h.feed(b"OK 77 1 5") == []  # an answer for no session
+    assert h.server.totals["unknown_peer"] == 1
+    assert h.server.totals["garbage"] == 2
+    assert h.server.totals["unmatched_answer"] == 1
+
+
+def test_garbage_logging_is_bounded():
+    h = Harness()
+    for _ in range(2500):
+        h.feed(b"junk")
+    assert h.server.totals["garbage"] == 2500
+    assert len(h.events) == 12  # the first ten, then the 1000th and 2000th
+
+
+def test_datagram_received_never_raises():
+    h = Harness()
+
+    def boom(*a):
+        raise RuntimeError("bug")
+
+    h.server._keepalive = boom
+    h.register()  # logged, not raised
+    assert "internal error" in h.log_text()
+    h.server.datagramReceived(b"req:1;id:goip01;pass:secret;", None)  # a bad address
+
+
+def test_receive_is_answered_only_after_it_is_stored():
+    h = Harness()
+    h.auto = False
+    packet = NICELABS_RECEIVE.replace(b"goip-1", b"goip01").replace(b"password:goip", b"password:secret")
+    assert h.feed(packet) == []
+    (line, recvid, srcnum, text, key) = h.received[0]
+    assert (line, recvid, srcnum, text) == ("sim1", "1571812849", "1380013800", "测试")
+    assert key.startswith("goip:sim1:1571812849:")
+    # Two retransmits while storing: not handed over again.
+    assert h.feed(packet) == []
+    assert h.feed(packet, ("192.0.2.10", 9992)) == []
+    assert len(h.received) == 1
+    h.store[0].callback(None)
+    assert h.transport.take() == [
+        (b"RECEIVE 1571812849 OK\n", GOIP), (b"RECEIVE 1571812849 OK\n", GOIP),
+        (b"RECEIVE 1571812849 OK\n", ("192.0.2.10", 9992)),
+    ]
+    # A late copy (our answer lost): answered at once, not handed over again.
+    assert h.feed(packet) == [(b"RECEIVE 1571812849 OK\n", GOIP)]
+    assert len(h.received) == 1
+    assert h.server.line_status("sim1").received == 1
+    assert h.server.totals["duplicate"] == 3
+
+
+def test_receive_not_stored_gets_no_answer_and_the_retransmit_is_stored():
+    h = Harness()
+    h.auto = False
+    packet = b"RECEIVE:42;id:goip01;password:secret;srcnum:+358401234567;msg:Hello"
+    h.feed(packet)
+    h.store[0].errback(RuntimeError("disk full"))
+    assert h.transport.take() == []
+    assert "disk full" in h.server.line_status("sim1").last_error
+    h.feed(packet)  # the GoIP resends after 3 s
+    assert len(h.received) == 2 and h.received[0] == h.received[1]  # same dedupe key
+    h.store[1].callback(None)
+    assert h.transport.take() == [(b"RECEIVE 42 OK\n", GOIP)]
+
+
+def test_receive_callback_raising_synchronously_is_not_acknowledged():
+    h = Harness(on_receive=lambda *a: 1 / 0)
+    h.server._log = Logger(namespace="test", observer=h.events.append)
+    assert h.feed(b"RECEIVE:42;id:goip01;password:secret;srcnum:1;msg:x") == []
+    assert "ZeroDivisionError" in h.log_text() or "division" in h.log_text()
+
+
+def test_same_recvid_with_another_text_is_another_sms():
+    h = Harness()
+    h.feed(b"RECEIVE:42;id:goip01;password:secret;srcnum:1;msg:first")
+    h.feed(b"RECEIVE:42;id:goip01;password:secret;srcnum:1;msg:second")
+    assert [r[3] for r in h.received] == ["first", "second"]
+    assert h.received[0][4] != h.received[1][4]
+
+
+def test_same_text_twice_with_two_recvids_is_two_sms():
+    h = Harness()
+    h.feed(b"RECEIVE:42;id:goip01;password:secret;srcnum:1;msg:same")
+    h.feed(b"RECEIVE:43;id:goip01;password:secret;srcnum:1;msg:same")
+    assert len(h.received) == 2
+
+
+def test_deliver_is_answered_after_the_report_is_stored():
+    h = Harness()
+    h.auto = False
+    packet = b"DELIVER:1571812803;id:goip02;password:other;sms_no:32;state:0;num:+861380013800"
+    assert h.feed(packet) == []
+    assert h.feed(packet) == []
+    assert h.reports == [("sim2", "32", "0", "+861380013800")]
+    h.store[0].callback(None)
+    assert h.transport.take() == [(b"DELIVER 1571812803 OK\n", GOIP)] * 2
+    assert h.server.line_status("sim2").reports == 1
+
+
+def test_other_kinds_are_answered_ok():
+    h = Harness()
+    assert h.feed(b"STATE:7568;id:goip01;password:secret;gsm_remain_state:IDLE") == [(b"STATE 7568 OK\n", GOIP)]
+    assert h.feed(b"HANGUP:9;id:goip01;password:secret;num:1") == [(b"HANGUP 9 OK\n", GOIP)]
+
+
+def test_constructor_checks():
+    clock = task.Clock()
+    kw = dict(clock=clock, on_receive=lambda *a: None, on_report=lambda *a: None)
+    with pytest.raises(ValueError, match="same goip_id"):
+        GoIPUDPServer({"a": ("g", "p"), "b": ("g", "q")}, **kw)
+    with pytest.raises(ValueError, match="password"):
+        GoIPUDPServer({"a": ("g", "two words")}, **kw)
+    with pytest.raises(ValueError, match="goip_id"):
+        GoIPUDPServer({"a": ("", "p")}, **kw)
+
+
+# -- sending ----------------------------------------------------------------------------
+
+
+def results(d):
+    out = []
+    d.addBoth(out.append)
+    return out
+
+
+def test_send_needs_a_registered_line():
+    h = Harness()
+    r = results(h.server.send("sim1", "+8613800138000", "hello"))
+    assert r[0].down and not r[0].ok and "not registered" in r[0].reason
+    assert h.transport.take() == []
+    r = results(h.server.send("nope", "+1", "x"))
+    assert r[0].down and "unknown" in r[0].reason
+
+
+def test_send_to_a_line_gone_silent_or_logged_out():
+    h = Harness()
+    h.register()
+    h.clock.advance(91)
+    r = results(h.server.send("sim1", "+1", "x"))
+    assert r[0].down and "no keepalive for 91 s" in r[0].reason
+    h.register(gsm="LOGOUT")
+    r = results(h.server.send("sim1", "+1", "x"))
+    assert r[0].down and "GSM" in r[0].reason
+
+
+def test_send_refuses_what_cannot_go_into_a_packet():
+    h = Harness()
+    h.register()
+    r = results(h.server.send("sim1", "+7999\r\nDONE 1", "x"))
+    assert r[0].permanent and not r[0].ok
+    r = results(h.server.send("sim1", "+7999", "x" * 3001))
+    assert r[0].permanent and "3001 bytes" in r[0].reason
+    assert h.transport.take() == []
+
+
+def test_send_dialogue_to_the_keepalive_address():
+    h = Harness()
+    h.register(addr=("192.0.2.10", 40001))
+    addr = ("192.0.2.10", 40001)
+    r = results(h.server.send("sim1", "+8613800138000", "hello"))
+    assert h.transport.take() == [(b"MSG 500 5 hello\n", addr)]
+    assert h.feed(b"PASSWORD 500", addr) == [(b"PASSWORD 500 secret\n", addr)]
+    assert h.feed(b"SEND 500", addr) == [(b"SEND 500 1 +8613800138000\n", addr)]
+    assert h.feed(b"WAIT 500 1", addr) == []
+    h.clock.advance(3)
+    assert h.transport.take() == [(b"SEND 500 1 +8613800138000\n", addr)]
+    assert r == []
+    assert h.feed(b"OK 500 1 160", addr) == [(b"DONE 500\n", addr)]
+    assert r == [SendOutcome(True, reason="sent", provider_id="160")]
+    assert h.feed(b"DONE 500", addr) == []
+    assert h.server._dialogues == {}
+    assert h.clock.getDelayedCalls() == []
+    st = h.server.line_status("sim1")
+    assert st.sent == 1 and st.failed == 0
+    assert "secret" not in h.log_text() and "hello" not in h.log_text()
+
+
+def test_answers_from_another_host_are_dropped():
+    h = Harness()
+    h.register()
+    r = results(h.server.send("sim1", "+1234", "hi"))
+    h.transport.take()
+    assert h.feed(b"PASSWORD 500", OTHER) == []
+    assert h.server.totals["unknown_peer"] == 1
+    h.feed(b"PASSWORD 500")
+    h.feed(b"SEND 500")
+    assert h.feed(b"OK 500 1 9", OTHER) == [] and r == []
+
+
+def test_sends_on_one_line_go_one_at_a_time_with_unique_sendids():
+    h = Harness()
+    h.register()
+    h.register(goip_id="goip02", password="other", addr=OTHER)
+    r1 = results(h.server.send("sim1", "+1", "one"))
+    r2 = results(h.server.send("sim1", "+2", "two"))
+    r3 = results(h.server.send("sim2", "+3", "three"))  # another line: not queued
+    assert h.transport.take() == [(b"MSG 500 3 one\n", GOIP), (b"MSG 501 5 three\n", OTHER)]
+    h.feed(b"PASSWORD 500")
+    h.feed(b"SEND 500")
+    assert h.feed(b"OK 500 1 7") == [(b"DONE 500\n", GOIP), (b"MSG 502 3 two\n", GOIP)]
+    assert r1[0].ok and r2 == [] and r3 == []
+    h.feed(b"PASSWORD 502")
+    h.feed(b"SEND 502")
+    h.feed(b"ERROR 502 1 errorstatus:1")
+    assert not r2[0].ok and "errorstatus:1" in r2[0].reason and not r2[0].maybe_sent
+    assert h.server.line_status("sim1").last_error == r2[0].reason
+
+
+def test_silent_line_gives_up_as_down_and_frees_the_line():
+    h = Harness()
+    h.register()
+    r = results(h.server.send("sim1", "+1", "x"))
+    h.transport.take()
+    for _ in range(5):
+        h.clock.advance(3)
+    out = h.transport.take()
+    assert out.count((b"MSG 500 1 x\n", GOIP)) == 4 and out[-1] == (b"DONE 500\n", GOIP)
+    assert r[0].down and "no answer" in r[0].reason
+    for _ in range(3):
+        h.clock.advance(3)
+    assert h.transport.take() == [(b"DONE 500\n", GOIP)] * 2
+    assert h.server._dialogues == {} and h.clock.getDelayedCalls() == []
+
+
+def test_bad_password_outcome():
+    h = Harness()
+    h.register()
+    r = results(h.server.send("sim1", "+1", "x"))
+    h.feed(b"PASSWORD 500")
+    assert h.feed(b"ERROR 500 PASSWORD") == [(b"DONE 500\n", GOIP)]
+    assert r[0].auth_failed and r[0].down
+
+
+def test_busy_goip_refuses_the_session():
+    h = Harness()
+    h.register()
+    r = results(h.server.send("sim1", "+1", "x"))
+    assert h.transport.take() == [(b"MSG 500 1 x\n", GOIP)]
+    assert h.feed(b"ERROR 500 too many request") == []
+    assert "busy" in r[0].reason and not r[0].down and not r[0].permanent
+    assert h.server._dialogues == {}
+
+
+def test_cancelling_a_send_ends_the_session_and_frees_the_line():
+    h = Harness()
+    h.register()
+    d = h.server.send("sim1", "+1", "x")
+    r2 = results(h.server.send("sim1", "+2", "y"))
+    h.feed(b"PASSWORD 500")
+    h.feed(b"SEND 500")
+    r = results(d)
+    d.cancel()
+    assert isinstance(r[0].value, defer.CancelledError)
+    assert h.transport.take() == [(b"DONE 500\n", GOIP), (b"MSG 501 1 y\n", GOIP)]
+    assert r2 == []
+
+
+def test_cancelling_a_queued_send_sends_nothing():
+    h = Harness()
+    h.register()
+    results(h.server.send("sim1", "+1", "x"))
+    d = h.server.send("sim1", "+2", "y")
+    r = results(d)
+    d.cancel()
+    assert isinstance(r[0].value, defer.CancelledError)
+    h.feed(b"PASSWORD 500")
+    h.feed(b"SEND 500")
+    h.transport.take()
+    assert h.feed(b"OK 500 1 1") == [(b"DONE 500\n", GOIP)]  # nothing queued after it
+
+
+def test_stopping_answers_running_sends():
+    h = Harness()
+    h.register()
+    r = results(h.server.send("sim1", "+1", "x"))
+    h.feed(b"PASSWORD 500")
+    h.feed(b"SEND 500")
+    h.server.doStop()
+    assert r[0].maybe_sent and "stopped" in r[0].reason
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_sendids_wrap_and_skip_running_ones():
+    h = Harness(sendid_start=udp.MAX_SENDID)
+    h.register()
+    h.register(goip_id="goip02", password="other", addr=OTHER)
+    results(h.server.send("sim1", "+1", "a"))
+    results(h.server.send("sim2", "+1", "b"))
+    assert [p for p, _ in h.transport.take()] == [b"MSG 2147483647 1 a\n", b"MSG 1 1 b\n"]
+
+
+# -- USSD ---------------------------------------------------------------------------------
+
+
+def test_ussd_answer():
+    h = Harness()
+    h.register()
+    r = results(h.server.ussd("sim1", "*100#"))
+    assert h.transport.take() == [(b"USSD 500 secret *100#\n", GOIP)]
+    h.feed("USSD 500 Balance: 57.20 руб.".encode())
+    assert r == ["Balance: 57.20 руб."]
+    assert h.server._dialogues == {} and h.clock.getDelayedCalls() == []
+
+
+def test_ussd_errors():
+    h = Harness(ussd_timeout=30)
+    h.register()
+    r = results(h.server.ussd("sim1", "*100#"))
+    h.feed(b"USSDERROR 500 network error")
+    assert isinstance(r[0].value, UssdError) and "network error" in str(r[0].value)
+    r = results(h.server.ussd("sim1", "*100#"))
+    h.clock.advance(30)
+    assert "no USSD answer" in str(r[0].value)
+    r = results(h.server.ussd("sim1", "*100# ; reboot"))
+    assert isinstance(r[0].value, UssdError)
+    r = results(h.server.ussd("sim9", "*100#"))
+    assert "unknown" in str(r[0].value)
+
+
+def test_ussd_waits_for_the_lines_send():
+    h = Harness()
+    h.register()
+    results(h.server.send("sim1", "+1", "x"))
+    r = results(h.server.ussd("sim1", "*100#"))
+    h.transport.take()
+    h.feed(b"PASSWORD 500")
+    h.feed(b"SEND 500")
+    assert h.feed(b"OK 500 1 1") == [(b"DONE 500\n", GOIP), (b"USSD 501 secret *100#\n", GOIP)]
+    assert r == []
+
+
+# =======================================================================================
+# Real sockets: websmsd's server in a subprocess, the fake GoIP line in this process
+# =======================================================================================
+
+DRIVER = r'''
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from twisted.internet import reactor, stdio
+from twisted.protocols.basic import LineReceiver
+from websmsd.goip.udpserver import GoIPUDPServer
+
+def out(**kw):
+    sys.stdout.write(json.dumps(kw) + "\n"); sys.stdout.flush()
+
+def on_receive(line, recvid, srcnum, text, key):
+    out(event="receive", line=line, recvid=recvid, srcnum=srcnum, text=text, key=key)
+
+def on_report(line, sms_no, state, num):
+    out(event="report", line=line, sms_no=sms_no, state=state, num=num)
+
+server = GoIPUDPServer({"sim1": ("goip01", "secret")}, clock=reactor, on_receive=on_receive,
+                       on_report=on_report, resend_interval=0.2)
+
+class Commands(LineReceiver):
+    delimiter = b"\n"
+    def lineReceived(self, line):
+        cmd = json.loads(line)
+        if cmd["op"] == "send":
+            d = server.send("sim1", cmd["number"], cmd["text"])
+            d.addCallback(lambda o: out(event="outcome", ok=o.ok, reason=o.reason, provider_id=o.provider_id))
+        elif cmd["op"] == "ussd":
+            d = server.ussd("sim1", cmd["code"])
+            d.addBoth(lambda r: out(event="ussd", result=str(getattr(r, "value", r))))
+        elif cmd["op"] == "status":
+            s = server.line_status("sim1")
+            out(event="status", registered=s.registered, signal=s.signal, received=s.received)
+        elif cmd["op"] == "stop":
+            reactor.stop()
+
+port = reactor.listenUDP(0, server, interface="127.0.0.1", maxPacketSize=65535)
+stdio.StandardIO(Commands())
+out(event="port", port=port.getHost().port)
+reactor.run()
+'''
+
+
+class Driver:
+    def __init__(self):
+        import json
+        from pathlib import Path
+
+        self.json = json
+        root = Path(__file__).resolve().parent.parent
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", DRIVER, str(root)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )
+        self.port = self.expect("port")["port"]
+
+    def expect(self, event, timeout=15.0):
+        import selectors
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        import time
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if sel.select(timeout=deadline - time.monotonic()):
+                line = self.proc.stdout.readline()
+                if not line:
+                    break
+                msg = self.json.loads(line)
+                if msg["event"] == event:
+                    return msg
+        raise AssertionError(f"no {event} from the driver; stderr: {self.proc.stderr.read() if self.proc.poll() is not None else ''}")
+
+    def command(self, **kw):
+        self.proc.stdin.write(self.json.dumps(kw) + "\n")
+        self.proc.stdin.flush()
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.command(op="stop")
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def driver():
+    d = Driver()
+    yield d
+    d.close()
+
+
+def test_real_udp_with_a_fake_goip_line(driver):
+    from goippeer import FakeGoIPLine
+
+    dropped = []
+
+    def lose_first_receive_ack(data):
+        if data.startswith(b"RECEIVE") and not dropped:
+            dropped.append(data)
+            return True
+        return False
+
+    with FakeGoIPLine(("127.0.0.1", driver.port), "goip01", "secret", resend_interval=0.3,
+                      waits=2, ussd_answers={"*100#": "Balance 5.00; ok"},
+                      drop=lose_first_receive_ack) as goip:
+        goip.keepalive()
+        assert goip.wait_for(lambda: goip.keepalive_acks) == [b"reg:1;status:200;"]
+        driver.command(op="status")
+        assert driver.expect("status")["registered"] is True
+
+        # An incoming SMS whose first answer is lost: resent, stored once, answered.
+        recvid = goip.sms("+358401234567", "Hei; maailma: ä 😀")
+        got = driver.expect("receive")
+        assert (got["line"], got["recvid"], got["srcnum"], got["text"]) == (
+            "sim1", recvid, "+358401234567", "Hei; maailma: ä 😀")
+        assert goip.wait_acked("RECEIVE", recvid)
+        assert dropped  # the first answer was lost and the GoIP resent
+
+        # Sending, with WAIT answers: the SMS goes out once.
+        driver.command(op="send", number="+8613800138000", text="Привет, мир")
+        outcome = driver.expect("outcome")
+        assert outcome["ok"] is True and outcome["provider_id"] == "100"
+        sent = goip.wait_sent(1)
+        assert sent == [{"number": "+8613800138000", "text": "Привет, мир", "sms_no": 100,
+                         "sendid": sent[0]["sendid"], "telid": 1}]
+        assert goip.length_mismatches == []
+        assert goip.wait_for(lambda: sent[0]["sendid"] in goip.closed_sessions)
+
+        # A delivery report for it.
+        recvid = goip.report("100", "0", "+8613800138000")
+        assert driver.expect("report")["sms_no"] == "100"
+        assert goip.wait_acked("DELIVER", recvid)
+
+        driver.command(op="ussd", code="*100#")
+        assert driver.expect("ussd")["result"] == "Balance 5.00; ok"

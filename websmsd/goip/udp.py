@@ -35,6 +35,7 @@ Parsing rules that real packets force:
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -454,6 +455,20 @@ def _parse_answer(text: str, raw: bytes) -> Event:
     if word in ("PASSWORD", "SEND", "OK", "WAIT", "DONE", "USSDEXIT"):
         return Garbage(f"{word} answer with unexpected arguments", raw[:64])
     return CommandReply(sendid, command=parts[0], detail=rest)
+
+
+def receive_dedupe_key(line: str, recvid: str, srcnum: str, text: str) -> str:
+    """A stable key for one incoming SMS: the same for every retransmit of it.
+
+    The GoIP resends a RECEIVE (same recvid, same text) until it is answered.  Whether a
+    recvid can come again after the GoIP restarts is unconfirmed (on a GoIP without a
+    clock recvids are small counters), so the key also holds a digest of sender and text:
+    a reused recvid with another SMS gets another key.
+    """
+    digest = hashlib.sha256(
+        srcnum.encode("utf-8", "surrogatepass") + b"\x00" + text.encode("utf-8", "surrogatepass")
+    ).hexdigest()
+    return f"goip:{line}:{recvid}:{digest[:24]}"
 
 
 # ---------------------------------------------------------------------------------------
