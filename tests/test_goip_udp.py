@@ -1165,3 +1165,31 @@ def test_real_udp_with_a_fake_goip_line(driver):
 
         driver.command(op="ussd", code="*100#")
         assert driver.expect("ussd")["result"] == "Balance 5.00; ok"
+
+
+def test_fake_goip_line_resends_three_times_then_gives_up():
+    # The fake keeps the document's promise: no answer -> resent every resend_interval,
+    # at most 3 times.  Checked with a bare socket standing in for the server.
+    import socket
+    from goippeer import FakeGoIPLine
+
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.settimeout(5)
+    try:
+        with FakeGoIPLine(server.getsockname(), "goip01", "secret", resend_interval=0.05) as goip:
+            recvid = goip.sms("+1555", "hello;there")
+            copies = [server.recvfrom(2048)[0] for _ in range(4)]
+            assert copies == [f"RECEIVE:{recvid};id:goip01;password:secret;srcnum:+1555;msg:hello;there".encode()] * 4
+            assert goip.wait_for(lambda: goip.sends_of("RECEIVE", recvid) == 0)
+            server.settimeout(0.3)
+            with pytest.raises(socket.timeout):
+                server.recvfrom(2048)  # no fifth copy
+            # An answer stops the resending at once.
+            recvid = goip.report("160")
+            data, addr = server.recvfrom(2048)
+            server.sendto(f"DELIVER {recvid} OK\n".encode(), addr)
+            assert goip.wait_acked("DELIVER", recvid)
+            assert goip.sends_of("DELIVER", recvid) == 0
+    finally:
+        server.close()

@@ -548,3 +548,21 @@ def test_real_treq_against_the_fake_goip_web():
         assert out[3]["ok"]
         assert out[4] == {"ussd": "Баланс 57.2 руб."}
         assert [s["number"] for s in goip.sent] == ["+79991234567", "+70000000000", "+79990000000"]
+
+
+def test_fake_goip_web_status_shape():
+    import urllib.request
+    from goippeer import FakeGoIPWeb
+
+    with FakeGoIPWeb("admin", "pw", lines=4, empty_tags="self") as goip:
+        with urllib.request.urlopen(goip.url + "/default/en_US/send.html?u=admin&p=pw&l=1&n=%2B123&m=hi%20there") as r:
+            answer = r.read()
+        assert web.parse_send_answer(answer).smskey == goip.sent[0]["smskey"]
+        with urllib.request.urlopen(goip.url + "/default/en_US/send.html?u=admin&p=pw&l=1&n=1&m=x") as r:
+            assert r.read() == b"ERROR,L1 busy"  # the first job is not final yet
+        with urllib.request.urlopen(goip.url + "/default/en_US/send_status.xml?u=admin&p=pw") as r:
+            xml = r.read()
+        assert xml.count(b"<id") == 8 and b"<id2/>" in xml
+        assert web.parse_status(xml)[1] == LineJob(1, goip.sent[0]["smskey"], "DONE", "")
+        with urllib.request.urlopen(goip.url + "/default/en_US/send.html?u=admin&p=no&l=1&n=1&m=x") as r:
+            assert r.read() == b"ERROR,user or password error"
