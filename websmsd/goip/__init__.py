@@ -1,0 +1,1 @@
+"""GoIP GSM gateways: the UDP "SMS server" protocol and the web API."""
