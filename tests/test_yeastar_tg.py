@@ -645,7 +645,10 @@ def test_webcgi_values_are_encoded():
     args = dict(item.split("=", 1) for item in query.split("=", 1)[1].split("&"))
     assert [unquote(args[k]) for k in ("account", "password", "port", "destination", "content")] == \
         ["a c&", "p&w=d", "2", "+7999", "x & y+z=%\n"]
-    assert "+" not in args["content"] and " " not in target
+    assert "+" not in query and " " not in target
+    # Decoded the way the device decodes (`+` as a space), every value survives.
+    assert [device_url_decode(args[k]) for k in ("account", "password", "destination", "content")] == \
+        ["a c&", "p&w=d", "+7999", "x & y+z=%\n"]
     assert tg.webcgi_send_url("::1", 8080, "a", "b", 1, "1", "x", tls=True).startswith("https://[::1]:8080/cgi/")
 
 

@@ -845,12 +845,13 @@ def webcgi_send_target(account: str, password: str, port: int, destination: str,
     """The request target (path and query) of a WebCGI send (1500101).
 
     The query is the device's own shape, `1500101=account=..&password=..&port=..&
-    destination=..&content=..`, with every value percent-encoded (`%20` for a space, so
-    the device's `+` decoding cannot matter).  It holds the password: never log it.
+    destination=..&content=..`, with every value percent-encoded (`%20` for a space and
+    `%2B` for a `+`, since the device decodes `+` as a space).  It holds the password:
+    never log it.
     """
     return (f"/cgi/WebCGI?{ACTION_SEND}=account={_credential(account, 'account')}"
             f"&password={_credential(password, 'password')}&port={_port_arg(port)}"
-            f"&destination={_number_arg(destination, 'destination')}"
+            f"&destination={quote(_number_arg(destination, 'destination'), safe='')}"
             f"&content={_text_arg(text, max_text_bytes)}")
 
 
