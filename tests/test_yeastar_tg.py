@@ -458,6 +458,16 @@ def test_sms_command_bad_span(span):
         tg.sms_command(span, "+1", "x")
 
 
+@pytest.mark.parametrize("output, error", [
+    ("", None), ("\n", None), (None, None), ("--END COMMAND--", None),
+    ("GSM span 9 does not exist\n", "GSM span 9 does not exist"),
+    (b"\nUsage: gsm send sms <span> <destination> <message> [id]\n--END COMMAND--",
+     "Usage: gsm send sms <span> <destination> <message> [id]"),
+])
+def test_send_output_error(output, error):
+    assert tg.send_output_error(output) == error
+
+
 def test_ussd_command():
     assert tg.ussd_command(2, "*100#") == 'gsm send ussd 2 "*100#"'
     assert tg.ussd_command(5, "*101*1#", 45) == 'gsm send ussd 5 "*101*1#" 45'
@@ -815,7 +825,7 @@ def test_tgpeer_speaks_like_the_captures():
             # A bad span: an error text and no event.
             s.sendall(b"Action: smscommand\r\nCommand: gsm send sms 9 +1 \"x\" ws-2\r\n\r\n")
             bad = read_until(s, b"--END COMMAND--\r\n\r\n", buf)
-            assert b"does not exist" in bad
+            assert tg.send_output_error(bad.split(b"SMSCommand\r\n", 1)[1].decode())
 
             # A three-part Cyrillic SMS pushed out of order, a BOM in every part.
             assert fake.push_sms(3, "+79991234567", parts=three_parts(), order=[2, 3, 1], ident="244")
@@ -830,3 +840,47 @@ def test_tgpeer_speaks_like_the_captures():
             fake.drop()
             assert s.recv(100) == b"" and not buf
         assert fake.commands[0] == command and fake.ussd == [(2, "*100#")]
+
+
+def test_tgpeer_knobs():
+    with FakeTG(send_delay=0.01, send_status=lambda number: 0 if number.startswith("+0") else 1) as fake:
+        with socket.create_connection(("127.0.0.1", fake.ami_port), timeout=10) as quiet, \
+                socket.create_connection(("127.0.0.1", fake.ami_port), timeout=10) as s:
+            qbuf, buf = bytearray(), bytearray()
+            quiet.sendall(b"Action: Ping\r\n\r\n")
+            assert read_until(quiet, b"\r\n\r\n", qbuf).endswith(
+                b"Response: Error\r\nMessage: Authentication Required\r\n\r\n")
+            quiet.sendall(b"Action: Login\r\nUsername: websmsd\r\nSecret: tg-secret\r\nEvents: off\r\n\r\n")
+            read_until(quiet, b"\r\n\r\n", qbuf)
+            s.sendall(b"Action: Login\r\nActionID: L\r\nUsername: websmsd\r\nSecret: tg-secret\r\n\r\n")
+            assert read_until(s, b"\r\n\r\n", buf).endswith(
+                b"Response: Success\r\nActionID: L\r\nMessage: Authentication accepted\r\n\r\n")
+            assert fake.wait_for(lambda: fake.logins == 2)
+
+            s.sendall(b"Action: smscommand\r\nCommand: gsm send sms 2 +0123 \"x\" f1\r\n\r\n")
+            read_until(s, b"--END COMMAND--\r\n\r\n", buf)
+            assert b"Status: 0\r\n" in read_until(s, b"--END SMS EVENT--\r\n\r\n", buf)
+            fake.send_delay = None  # the event is lost
+            fake.glue_end = True
+            s.sendall(b"Action: smscommand\r\nCommand: gsm send sms 2 1126 \"y\"\r\n\r\n"
+                      b"Action: smscommand\r\nCommand: gsm send ussd 2 \"*999#\"\r\n\r\n"
+                      b"Action: Ping\r\n\r\n")
+            assert read_until(s, b"--END COMMAND--\r\n\r\n", buf) == \
+                b"Response: Follows\r\nPrivilege: SMSCommand\r\n--END COMMAND--\r\n\r\n"
+            assert read_until(s, b"--END COMMAND--\r\n\r\n", buf).endswith(
+                b"0:Send USSD timeout on span 2--END COMMAND--\r\n\r\n")
+            assert read_until(s, b"\r\n\r\n", buf) == b"Response: Pong\r\n\r\n"
+            fake.push_sms(5, "Orange", "Hi *you*", index_base=1, field="GsmPort")
+            raw = read_until(s, b"\r\n\r\n", buf)
+            assert b"\r\nID: \r\nGsmPort: 5\r\n" in raw and b"\r\nIndex: 1\r\nTotal: 1\r\n" in raw
+            assert b"\r\nContent: Hi+*you*\r\n--END SMS EVENT--\r\n\r\n" in raw
+            part = tg.parse_received(pairs(raw))
+            assert (part.span, part.sender, part.text, part.index) == (5, "Orange", "Hi *you*", 1)
+            s.sendall(b"Action: Logoff\r\n\r\n")
+            assert read_until(s, b"\r\n\r\n", buf) == b"Response: Goodbye\r\nMessage: Thanks for all the fish.\r\n\r\n"
+            assert s.recv(10) == b""
+            # The session that asked for no events got none.
+            quiet.sendall(b"Action: Logoff\r\n\r\n")
+            assert read_until(quiet, b"\r\n\r\n", qbuf).startswith(b"Response: Goodbye")
+            assert b"Event:" not in qbuf
+        assert [(m.number, m.ident) for m in fake.sms] == [("+0123", "f1"), ("1126", None)]

@@ -13,7 +13,8 @@ What this module offers:
 * events: `parse_received` -> `ReceivedPart`, `Reassembler` -> `ReceivedSMS`,
   `parse_update_sms_send` -> `SendUpdate`; a bad event is a `BadEvent` value, never an
   exception;
-* commands: `sms_command`, `ussd_command` (raise `YeastarError` for what cannot be sent);
+* commands: `sms_command`, `ussd_command` (raise `YeastarError` for what cannot be sent),
+  `send_output_error` (the immediate answer to a send);
 * command outputs: `parse_ussd_output` -> `UssdResult`, `parse_spans` -> `SpanStatus`,
   `parse_span` -> `SpanInfo`;
 * WebCGI: `webcgi_send_url` / `webcgi_ussd_url` (and the `*_target` request paths),
@@ -36,7 +37,7 @@ __all__ = [
     "YeastarError", "BadEvent", "ReceivedPart", "ReceivedSMS", "Reassembler", "SendUpdate",
     "UssdResult", "SpanStatus", "SpanInfo", "HttpAnswer",
     "port_to_span", "span_to_port", "url_decode", "encode_text",
-    "parse_received", "parse_update_sms_send", "sms_command", "ussd_command",
+    "parse_received", "parse_update_sms_send", "sms_command", "send_output_error", "ussd_command",
     "parse_ussd_output", "parse_spans", "parse_span",
     "webcgi_send_target", "webcgi_ussd_target", "webcgi_send_url", "webcgi_ussd_url",
     "parse_http_answer", "http_answer_complete", "parse_webcgi_answer",
@@ -574,6 +575,20 @@ def sms_command(span: int, number: str, text: str, ident: Optional[str] = None, 
             raise YeastarError("id must be 1-64 characters of A-Z a-z 0-9 . _ -")
         command += f" {ident}"
     return command
+
+
+def send_output_error(output: Any) -> Optional[str]:
+    """What the output of `gsm send sms` says went wrong, or None when it is empty.
+
+    The device answers a good command with empty output and reports the outcome later
+    (UpdateSMSSend); for a bad span it prints an error text and no event follows, so a
+    non-empty output is a failed send at once.
+    """
+    text = _output_text(output)
+    if not text.strip():
+        return None
+    first = next(ln for ln in text.split("\n") if ln.strip())
+    return _clean_line(first, 200)
 
 
 def ussd_command(span: int, code: str, timeout: Optional[int] = None) -> str:
