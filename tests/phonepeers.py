@@ -497,3 +497,182 @@ class SMSsyncPhone:
                 wanted = []
         entries = [dict(results_for[u], uuid=u) for u in wanted if u in results_for]
         return query, send(self.result_report_request(entries), self.timeout)
+
+
+# --------------------------------------------------------------------------------------
+# SMS Gateway app (medic/CHT gateway 1.8.x; multiOTP fork: same client code)
+# --------------------------------------------------------------------------------------
+
+
+def android_json(value: Any) -> str:
+    """Any JSON value as Android's org.json writes it (objects keep insertion order)."""
+    if isinstance(value, dict):
+        return "{" + ",".join(android_json_string(str(k)) + ":" + android_json(v)
+                              for k, v in value.items() if v is not None) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(android_json(v) for v in value) + "]"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return str(value)
+    return android_json_string(str(value))
+
+
+def android_uri_encode(text: str) -> str:
+    """android.net.Uri.encode: UTF-8, everything but letters, digits and _-!.~'()* encoded."""
+    return quote(text, safe="_-!.~'()*")
+
+
+_MEDIC_AUTH_URL = __import__("re").compile(r"(.+)://([^:]*):(.*)@(.*)")
+
+
+@dataclass
+class _WtMessage:  # "webapp-terminating": an SMS the phone received
+    id: str
+    sender: str
+    content: str
+    sms_sent: int
+    sms_received: int
+
+
+@dataclass
+class _WoMessage:  # "webapp-originating": an SMS the server gave the phone to send
+    id: str
+    to: str
+    content: str
+    status: str = "UNSENT"
+    reason: Optional[str] = None
+
+
+class MedicPhone:
+    """The SMS Gateway app pointed at `url` (as typed in its settings, user:pass@ included)."""
+
+    MAX_WT_MESSAGES = 10
+    MAX_STATUS_UPDATES = 20
+
+    def __init__(self, url: str, *, version: str = "1.8.0", app_id: str = "medic.gateway.alert.generic",
+                 timeout: float = 30.0) -> None:
+        self.url = url
+        self.version = version
+        self.app_id = app_id
+        self.timeout = timeout
+        self.waiting: List[_WtMessage] = []  # received, not yet forwarded
+        self.forwarded: List[_WtMessage] = []
+        self.updates: List[Tuple[str, str, Optional[str]]] = []  # (id, status, reason) to forward
+        self.store: Dict[str, _WoMessage] = {}  # SMS to send, by id
+        self.last_error: Optional[str] = None
+
+    # -- request shapes ----------------------------------------------------------------
+
+    def _effective_url(self) -> str:
+        # SimpleJsonClient2.uriEncodeAuth: the password (up to the last `@`) is
+        # Uri.encode'd and never decoded again.
+        m = _MEDIC_AUTH_URL.fullmatch(self.url)
+        if not m:
+            return self.url
+        return f"{m.group(1)}://{m.group(2)}:{android_uri_encode(m.group(3))}@{m.group(4)}"
+
+    def _request(self, method: str, body: Optional[bytes]) -> WireRequest:
+        scheme, host, port, target, userinfo = _split_url(self._effective_url())
+        headers = [
+            ("User-Agent", f"Dalvik/2.1.0 (Linux; U; Android 11; Pixel 4 Build/RQ3A.211001.001) "
+                           f"{self.app_id}/{self.version}"),
+        ]
+        if userinfo is not None:
+            token = base64.b64encode(userinfo.encode("latin-1", "replace")).decode("ascii")
+            headers.append(("Authorization", f"Basic {token}"))
+        if method == "POST":
+            headers += [("Accept", "application/json"), ("Accept-Charset", "utf-8"),
+                        ("Cache-Control", "no-cache")]
+        headers += [("Content-Type", "application/json"),
+                    ("Host", host if port == 80 else f"{host}:{port}"),
+                    ("Connection", "Keep-Alive"), ("Accept-Encoding", "gzip")]
+        if body is not None:
+            headers.append(("Content-Length", str(len(body))))
+        return WireRequest(method, scheme, host, port, target, tuple(headers), body or b"")
+
+    def settings_check_request(self) -> WireRequest:
+        return self._request("GET", None)
+
+    def poll_request(self, messages: Sequence[Dict[str, Any]], updates: Sequence[Dict[str, Any]]) -> WireRequest:
+        body = android_json({"messages": list(messages), "updates": list(updates)}).encode("utf-8")
+        return self._request("POST", body)
+
+    # -- the app's behaviour ----------------------------------------------------------
+
+    def settings_check(self) -> Tuple[bool, str]:
+        """WebappUrlVerifier: (ok, what the settings screen says)."""
+        try:
+            reply = send(self.settings_check_request(), self.timeout)
+        except OSError:
+            return False, "server not found"
+        data: Any = None
+        try:
+            data = reply.json()
+        except (ValueError, UnicodeDecodeError):
+            data = None
+        if isinstance(data, dict) and reply.status < 400:
+            flag = data.get("medic-gateway")
+            if flag is True or (isinstance(flag, str) and flag.lower() == "true"):
+                return True, "ok"
+            return False, "app not found"
+        if reply.status == 401:
+            return False, "unauthorised"
+        return False, "app not found"
+
+    def receive_sms(self, sender: str, content: str, *, sms_sent: int = 1_700_000_000_000,
+                    sms_received: int = 1_700_000_001_000, id: Optional[str] = None) -> str:
+        msg = _WtMessage(id or str(_uuid.uuid4()), sender, content, sms_sent, sms_received)
+        self.waiting.append(msg)
+        return msg.id
+
+    def set_status(self, msg_id: str, status: str, reason: Optional[str] = None) -> None:
+        """The phone's own progress on an SMS it sends (SmsSender, delivery reports, Retry)."""
+        wo = self.store[msg_id]
+        wo.status, wo.reason = status, reason
+        self.updates.append((msg_id, status, reason if status == "FAILED" else None))
+
+    def poll(self) -> Tuple[Optional[Reply], bool]:
+        """One WebappPoller.pollWebapp(): (the reply or None, whether a batch was full)."""
+        batch = self.waiting[: self.MAX_WT_MESSAGES]
+        updates = self.updates[: self.MAX_STATUS_UPDATES]
+        messages = [{"id": m.id, "from": m.sender, "content": m.content, "sms_sent": m.sms_sent,
+                     "sms_received": m.sms_received} for m in batch]
+        upd = [{"id": i, "status": st, "reason": r} if st == "FAILED" else {"id": i, "status": st}
+               for i, st, r in updates]
+        try:
+            reply = send(self.poll_request(messages, upd), self.timeout)
+        except OSError as e:
+            self.last_error = str(e)
+            return None, False
+        try:
+            data = reply.json()
+        except (ValueError, UnicodeDecodeError):
+            data = None
+        if not (200 <= reply.status < 300) or not isinstance(data, dict):
+            self.last_error = f"{reply.status}: " + (str(data.get("message")) if isinstance(data, dict)
+                                                     else reply.body[:80].decode("utf-8", "replace"))
+            return reply, False
+        # Marked forwarded before the answer's messages are read.
+        for m in batch:
+            self.waiting.remove(m)
+            self.forwarded.append(m)
+        del self.updates[: len(updates)]
+        new = data.get("messages")
+        if isinstance(new, list):
+            for item in new:
+                if not isinstance(item, dict) or not all(k in item for k in ("id", "to", "content")):
+                    continue
+                msg_id = str(item["id"])
+                if msg_id in self.store:
+                    # Db.store() hits the primary key: "touch" re-reports the status.
+                    wo = self.store[msg_id]
+                    self.updates.append((msg_id, wo.status, wo.reason if wo.status == "FAILED" else None))
+                    continue
+                to = str(item["to"]).replace("-", "").replace(" ", "")
+                self.store[msg_id] = _WoMessage(msg_id, to, str(item["content"]))
+                self.updates.append((msg_id, "UNSENT", None))
+        full = len(batch) == self.MAX_WT_MESSAGES or len(updates) == self.MAX_STATUS_UPDATES
+        return reply, full
