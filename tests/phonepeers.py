@@ -20,10 +20,9 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import gzip
-import hashlib
 import http.client
+import http.server
 import json
-import socket
 import threading
 import uuid as _uuid
 from dataclasses import dataclass, field
@@ -676,3 +675,312 @@ class MedicPhone:
                 self.updates.append((msg_id, "UNSENT", None))
         full = len(batch) == self.MAX_WT_MESSAGES or len(updates) == self.MAX_STATUS_UPDATES
         return reply, full
+
+
+# --------------------------------------------------------------------------------------
+# SMS Gateway for Android (capcom6), Local Server mode, v1.68.0
+# --------------------------------------------------------------------------------------
+
+
+def java_string_hash(text: str) -> int:
+    """java.lang.String.hashCode(): a signed 32-bit number."""
+    h = 0
+    data = text.encode("utf-16-be")
+    for i in range(0, len(data), 2):
+        h = (31 * h + int.from_bytes(data[i:i + 2], "big")) & 0xFFFFFFFF
+    return h - (1 << 32) if h >= (1 << 31) else h
+
+
+_KTOR_DATE = __import__("re").compile(
+    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{3}))?(Z|[+-]\d{2}:\d{2})")
+
+
+def _ktor_date(text: str) -> Optional[int]:
+    """helpers/DateTimeParser: yyyy-MM-dd'T'HH:mm:ss[.SSS]XXX, the offset required."""
+    m = _KTOR_DATE.fullmatch(text)
+    if not m:
+        return None
+    y, mo, d, hh, mi, ss, frac, off = m.groups()
+    try:
+        tz = _dt.timezone.utc if off == "Z" else _dt.timezone(
+            (1 if off[0] == "+" else -1) * _dt.timedelta(hours=int(off[1:3]), minutes=int(off[4:6])))
+        moment = _dt.datetime(int(y), int(mo), int(d), int(hh), int(mi), int(ss), int(frac or 0) * 1000, tzinfo=tz)
+    except ValueError:
+        return None
+    return int((moment - _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)) / _dt.timedelta(milliseconds=1))
+
+
+@dataclass
+class GateRow:
+    """One row of the app's incoming_messages table."""
+
+    id: str
+    sender: str
+    text: str
+    created_ms: int
+    type: str = "SMS"
+    recipient: Optional[str] = None
+    sim_number: Optional[int] = 1
+
+
+@dataclass
+class GateMessage:
+    id: str
+    phone_numbers: List[str]
+    text: str
+    state: str = "Pending"
+    errors: Dict[str, Optional[str]] = field(default_factory=dict)
+    states: Dict[str, int] = field(default_factory=dict)
+    sim_number: Optional[int] = None
+    with_delivery_report: bool = True
+    skip_validation: bool = False
+
+
+class FakeSMSGate:
+    """The app's local server: `handle()` answers one request like the app does.
+
+    `serve()` puts it on 127.0.0.1 in a thread (a real port); `handle()` alone serves
+    in-process tests.  `silent = True` makes the server read requests and never answer;
+    `now_ms` is the phone's clock (the inbox's default `to`).
+    """
+
+    def __init__(self, user: str = "sms", password: str = "Zx8_q!2p", *, version: str = "1.68.0",
+                 tz_minutes: int = 7 * 60, now_ms: int = 1_775_000_000_000, legacy_repeat: bool = False,
+                 device_id: str = "dev0ZqQ7") -> None:
+        self.user, self.password = user, password
+        self.version = version
+        self.tz = _dt.timezone(_dt.timedelta(minutes=tz_minutes))
+        self.now_ms = now_ms
+        self.legacy_repeat = legacy_repeat  # before v1.58.0: a repeated id got 202, ignored
+        self.device_id = device_id
+        self.messages: Dict[str, GateMessage] = {}
+        self.rows: List[GateRow] = []
+        self.requests: List[Tuple[str, str, Dict[str, str], bytes]] = []
+        self.health_status = "pass"
+        self.silent = False
+        self._release = threading.Event()
+        self._lock = threading.Lock()
+        self._httpd: Optional[http.server.ThreadingHTTPServer] = None
+        self.port: Optional[int] = None
+
+    # -- the phone's side ------------------------------------------------------------
+
+    def receive(self, sender: str, text: str, created_ms: int, *, id: Optional[str] = None,
+                type: str = "SMS", sim: int = 1) -> GateRow:
+        """An SMS arrives (v1.63+ ids: text: + a Java hash; pass `id` to force one)."""
+        if id is None:
+            id = "text:%d" % java_string_hash(f"{sender}{created_ms}{sim}{text}")
+        row = GateRow(id, sender, text, created_ms, type, None, sim)
+        with self._lock:
+            self.rows = [r for r in self.rows if r.id != id] + [row]  # the id is the key
+        return row
+
+    def set_state(self, msg_id: str, state: str, error: Optional[str] = None) -> None:
+        with self._lock:
+            msg = self.messages[msg_id]
+            msg.state = state
+            msg.states[state] = self.now_ms
+            for number in msg.phone_numbers:
+                msg.errors[number] = error
+
+    # -- HTTP ------------------------------------------------------------------------
+
+    def _date(self, ms: int) -> str:
+        moment = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc) + _dt.timedelta(milliseconds=ms)
+        local = moment.astimezone(self.tz)
+        off = local.utcoffset() or _dt.timedelta(0)
+        minutes = int(off.total_seconds() // 60)
+        sign = "+" if minutes >= 0 else "-"
+        return (f"{local:%Y-%m-%dT%H:%M:%S}.{local.microsecond // 1000:03d}"
+                f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}")
+
+    @staticmethod
+    def _json(status: int, value: Any, extra: Optional[Dict[str, str]] = None) -> Tuple[int, Dict[str, str], bytes]:
+        headers = {"Content-Type": "application/json; charset=UTF-8"}
+        headers.update(extra or {})
+        return status, headers, json.dumps(value, ensure_ascii=False).encode("utf-8")
+
+    def _authorised(self, headers: Dict[str, str]) -> bool:
+        value = {k.lower(): v for k, v in headers.items()}.get("authorization", "")
+        scheme, _, token = value.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, _, password = base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        return (user, password) == (self.user, self.password)
+
+    def _message_json(self, msg: GateMessage) -> dict:
+        recipients = []
+        for number in msg.phone_numbers:
+            item = {"phoneNumber": number, "state": msg.state}
+            if msg.errors.get(number):
+                item["error"] = msg.errors[number]
+            recipients.append(item)
+        return {"id": msg.id, "deviceId": self.device_id, "state": msg.state, "isHashed": False,
+                "isEncrypted": False, "textMessage": {"text": msg.text}, "recipients": recipients,
+                "states": {k: self._date(v) for k, v in msg.states.items()}}
+
+    def handle(self, method: str, target: str, headers: Dict[str, str], body: bytes) -> Tuple[int, Dict[str, str], bytes]:
+        from urllib.parse import parse_qsl
+
+        with self._lock:
+            self.requests.append((method, target, dict(headers), body))
+        path, _, raw_query = target.partition("?")
+        # Ktor: `+` in a query value is a space.
+        query = dict(parse_qsl(raw_query, keep_blank_values=True))
+        if path == "/health" and method == "GET":
+            failing = self.health_status == "fail"
+            return self._json(500 if failing else 200, {
+                "status": self.health_status, "version": self.version, "releaseId": 1,
+                "checks": {"battery:level": {"status": "fail" if failing else "pass", "observedValue": 7 if failing else 80,
+                                             "observedUnit": "percent", "description": "Battery level in percent"},
+                           "connection:status": {"status": "pass", "observedValue": 1, "observedUnit": "boolean",
+                                                 "description": "Internet connection status"}}})
+        if not self._authorised(headers):
+            return 401, {"WWW-Authenticate": 'Basic realm="Access to SMS Gateway", charset="UTF-8"',
+                         "Content-Length": "0"}, b""
+        if path == "/" and method == "GET":
+            return self._json(200, {"status": "ok", "model": "Pixel 4"})
+        if path in ("/message", "/messages") and method == "POST":
+            return self._post_message(body, query)
+        for prefix in ("/message/", "/messages/"):
+            if path.startswith(prefix) and method == "GET":
+                msg_id = unquote(path[len(prefix):])
+                with self._lock:
+                    msg = self.messages.get(msg_id)
+                    if msg is None:
+                        return 404, {"Content-Length": "0"}, b""
+                    return self._json(200, self._message_json(msg))
+        if path == "/inbox" and method == "GET":
+            return self._inbox(query)
+        return 404, {"Content-Length": "0"}, b""
+
+    def _post_message(self, body: bytes, query: Dict[str, str]) -> Tuple[int, Dict[str, str], bytes]:
+        try:
+            data = json.loads(body.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            return self._json(400, {"message": "Failed to convert request body"})
+        if not isinstance(data, dict):
+            return self._json(400, {"message": "Failed to convert request body"})
+        kinds = [k for k in ("textMessage", "dataMessage", "message") if data.get(k) is not None]
+        if not kinds:
+            return self._json(400, {"message": "Must specify exactly one of: textMessage, dataMessage, or message"})
+        if len(kinds) > 1:
+            return self._json(400, {"message": "Cannot specify multiple message types simultaneously"})
+        text = data["textMessage"].get("text", "") if kinds[0] == "textMessage" else str(data.get("message") or "")
+        if text == "":
+            return self._json(400, {"message": "Text message is empty"})
+        if "phoneNumbers" not in data:
+            return self._json(500, {"message": "Parameter specified as non-null is null: phoneNumbers"})
+        numbers = data["phoneNumbers"]
+        if not numbers:
+            return self._json(400, {"message": "phoneNumbers is empty"})
+        sim = data.get("simNumber")
+        if sim is not None and sim < 1:
+            return self._json(400, {"message": "simNumber must be >= 1"})
+        msg_id = data.get("id") or "".join(__import__("random").choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-") for _ in range(21))
+        with self._lock:
+            if msg_id in self.messages:
+                if self.legacy_repeat:
+                    return self._json(202, {"id": msg_id, "state": "Pending", "isHashed": False, "isEncrypted": False,
+                                            "recipients": [{"phoneNumber": n, "state": "Pending"} for n in numbers],
+                                            "states": {"Pending": self._date(self.now_ms)}})
+                return self._json(409, {"message": "Message with the same ID already exists"})
+            msg = GateMessage(msg_id, list(numbers), text, states={"Pending": self.now_ms}, sim_number=sim,
+                              with_delivery_report=data.get("withDeliveryReport", True) is not False,
+                              skip_validation=query.get("skipPhoneValidation") == "true")
+            self.messages[msg_id] = msg
+            answer = self._message_json(msg)
+        answer.pop("textMessage", None)
+        return self._json(202, answer)
+
+    def _inbox(self, query: Dict[str, str]) -> Tuple[int, Dict[str, str], bytes]:
+        kind = query.get("type") or None
+        if kind is not None and kind not in ("SMS", "DATA_SMS", "MMS", "MMS_DOWNLOADED"):
+            return self._json(400, {"message": "Invalid type"})
+        try:
+            limit = int(query.get("limit", "50"))
+        except ValueError:
+            limit = 50
+        try:
+            offset = int(query.get("offset", "0"))
+        except ValueError:
+            offset = 0
+        if not 1 <= limit <= 500:
+            return self._json(400, {"message": "limit must be between 1 and 500"})
+        if offset < 0:
+            return self._json(400, {"message": "offset must be >= 0"})
+        start, end = 0, self.now_ms
+        if "from" in query:
+            parsed = _ktor_date(query["from"])
+            if parsed is None:
+                return self._json(400, {"message": "Invalid from datetime"})
+            start = parsed
+        if "to" in query:
+            parsed = _ktor_date(query["to"])
+            if parsed is None:
+                return self._json(400, {"message": "Invalid to datetime"})
+            end = parsed
+        if "deviceId" in query and query["deviceId"] != self.device_id:
+            return self._json(400, {"message": "Invalid device ID"})
+        if start > end:
+            return self._json(400, {"message": "Start date cannot be after end date"})
+        with self._lock:
+            rows = [r for r in self.rows if (kind is None or r.type == kind) and start <= r.created_ms <= end]
+        rows.sort(key=lambda r: (r.created_ms, r.id), reverse=True)
+        page = rows[offset:offset + limit]
+        items = []
+        for r in page:
+            item = {"id": r.id, "type": r.type, "sender": r.sender, "simNumber": r.sim_number,
+                    "contentPreview": r.text, "createdAt": self._date(r.created_ms), "attachments": []}
+            if r.recipient is not None:
+                item["recipient"] = r.recipient
+            items.append(item)
+        return self._json(200, items, {"X-Total-Count": str(len(rows))})
+
+    # -- on a real port --------------------------------------------------------------
+
+    def serve(self) -> "FakeSMSGate":
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _any(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if fake.silent:
+                    fake._release.wait(60)  # read, never answer (the app killed mid-request)
+                    self.close_connection = True
+                    return
+                status, headers, answer = fake.handle(self.command, self.path, dict(self.headers), body)
+                self.send_response(status)
+                for name, value in headers.items():
+                    if name.lower() != "content-length":
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            do_GET = do_POST = do_DELETE = _any
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._release.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
