@@ -420,6 +420,11 @@ def test_full_exchange_with_gzip_retry_and_status_updates(gateway):
     assert gateway.states["0000018f00000002"] == "UNSENT"
 
 
+def test_updates_for_unknown_ids_are_acknowledged(gateway):
+    reply = send(MedicPhone(url(gateway)).poll_request([], [{"id": "never-ours", "status": "SENT"}]))
+    assert reply.status == 200 and isinstance(reply.json(), dict)
+
+
 def test_malformed_poll_keeps_the_phone_data(gateway):
     bad = send(MedicPhone(url(gateway)).poll_request([{"id": "", "from": "+1", "content": "x"}], []))
     assert bad.status == 400 and bad.json()["error"] is True

@@ -911,6 +911,60 @@ def test_smsgate_import_pulls_in_no_twisted():
 
 
 # --------------------------------------------------------------------------------------
+# The fake phone itself, over a real port with plain urllib (as black-box tests use it)
+# --------------------------------------------------------------------------------------
+
+
+def test_fake_phone_over_urllib():
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from websmsd.android.basicauth import basic_header
+
+    fake = FakeSMSGate().serve()
+    try:
+        with urllib.request.urlopen(fake.url + "/health", timeout=10) as r:
+            assert r.status == 200 and json.load(r)["status"] == "pass"
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(fake.url + "/inbox", timeout=10)
+        assert e.value.code == 401 and e.value.read() == b""
+        assert e.value.headers["WWW-Authenticate"] == 'Basic realm="Access to SMS Gateway", charset="UTF-8"'
+        auth = {"Authorization": basic_header(fake.user, fake.password), "Content-Type": "application/json"}
+        post = urllib.request.Request(fake.url + "/messages", data=g.send_body("m1", "+46701234567", "x"),
+                                      headers=auth, method="POST")
+        with urllib.request.urlopen(post, timeout=10) as r:
+            assert r.status == 202 and json.load(r)["state"] == "Pending"
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(post, timeout=10)
+        assert e.value.code == 409
+        fake.receive("+46701234567", "hi", NOW - MIN)
+        get = urllib.request.Request(fake.url + "/inbox?limit=1&offset=0", headers=auth)
+        with urllib.request.urlopen(get, timeout=10) as r:
+            assert r.headers["X-Total-Count"] == "1" and json.load(r)[0]["contentPreview"] == "hi"
+        fake.silent = True
+        with pytest.raises((socket.timeout, urllib.error.URLError, TimeoutError)):
+            urllib.request.urlopen(fake.url + "/health", timeout=0.5)
+    finally:
+        fake.close()
+
+
+@pytest.mark.parametrize("query,status,message", [
+    ("limit=0", 400, "limit must be between 1 and 500"), ("limit=501", 400, "limit must be between 1 and 500"),
+    ("limit=abc", 200, None), ("offset=-1", 400, "offset must be >= 0"), ("type=FAX", 400, "Invalid type"),
+    ("from=2026-03-01T00:00:00", 400, "Invalid from datetime"), ("to=yesterday", 400, "Invalid to datetime"),
+    ("from=2026-03-31T00:00:00Z&to=2026-03-01T00:00:00Z", 400, "Start date cannot be after end date"),
+    ("deviceId=other", 400, "Invalid device ID"),
+])
+def test_fake_phone_inbox_validation(query, status, message):
+    fake = FakeSMSGate()
+    got, _, body = fake.handle("GET", "/inbox?" + query, auth_headers(fake), b"")
+    assert got == status
+    if message:
+        assert json.loads(body) == {"message": message}
+
+
+# --------------------------------------------------------------------------------------
 # A real socket, a real reactor and real treq (in a child process), against FakeSMSGate
 # --------------------------------------------------------------------------------------
 

@@ -620,6 +620,12 @@ def test_phone_posts_sms_and_retries_with_the_same_id(server, fmt):
     assert len(server.stored) == 1
 
 
+def test_phone_with_put_method(server):
+    phone = SMSsyncPhone(f"http://127.0.0.1:{server.port}/sms", SECRET, method="PUT")
+    assert phone.receive_sms("+1", "via PUT", message_id="put-1")
+    assert server.seen[-1][0] == "PUT" and server.stored["put-1"].text == "via PUT"
+
+
 def test_phone_gives_up_after_its_retries(server):
     phone = SMSsyncPhone(f"http://127.0.0.1:{server.port}/sms", "wrong", retries=2)
     phone.receive_sms("+1", "x", message_id="m")
