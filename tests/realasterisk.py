@@ -26,8 +26,10 @@ and AMI.  The generated configuration is the one websmsd's README asks users for
   an ``X-WebSMS-Index`` header of the SIP MESSAGE when it has one; the inbound context
   (the call files' ``Context``) URIDECODEs ``MESSAGE(body)`` when ``MESSAGE_ENCODE`` is
   ``rfc3986`` and does ``MessageSend(pjsip:<phone>,${MESSAGE(from)})``; the channel
-  context (``Local/<to>@<channel_context>``) answers.  Every step logs a ``HARNESS-...``
-  verbose line (`wait_log`).
+  context (``Local/<to>@websms-answer``) answers for the phones' names and numbers only,
+  so a call file to any other number ends ``Status: Expired``.  Every step logs a
+  ``HARNESS-...`` verbose line (`wait_log`): ``HARNESS-OUTBOUND``, ``HARNESS-AGI-RESULT
+  agistatus=… status=… id=… reason=…``, ``HARNESS-INBOUND``, ``HARNESS-SEND-STATUS``.
 
 Usage::
 
@@ -343,6 +345,10 @@ class RealAsterisk:
     """
 
     SIP_HOST = "127.0.0.1"
+    # For a websmsd under test: [astqueue] channel_context / context.
+    CHANNEL_CONTEXT = "websms-answer"
+    INBOUND_CONTEXT = "websms-in"
+    OUTBOUND_CONTEXT = "websms-out"  # every phone's message context
 
     def __init__(self, phones: Iterable[Phone] = DEFAULT_PHONES, *, agi_host: str = "127.0.0.1",
                  agi_port: int = 4573, agi_path: str = "websms", spool_dir: Optional[str] = None,
@@ -704,8 +710,8 @@ exten => _+X.,1,Set(MESSAGE(from)={p.from_number})
                 raise AsteriskError(f"{name} never reached outgoing_done:\n{self.tail()}")
             time.sleep(0.05)
 
-    def callfile(self, to: str, from_: str, body_encoded: str, *, context: str = "websms-in",
-                 channel_context: str = "websms-answer", archive: str = "yes",
+    def callfile(self, to: str, from_: str, body_encoded: str, *, context: str = INBOUND_CONTEXT,
+                 channel_context: str = CHANNEL_CONTEXT, archive: str = "yes",
                  encode: str = "rfc3986") -> str:
         """A call file in websmsd's format (body already encoded by the caller)."""
         return (f"Channel: Local/{to}@{channel_context}\n"
