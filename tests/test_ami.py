@@ -1,4 +1,4 @@
-"""websmsd.asterisk.ami: the sans-IO AMI parser, encoder and correlation.
+"""websmsd.ami.protocol: the sans-IO AMI parser, encoder and correlation.
 
 Asterisk's side comes from fixtures/asterisk/ami_transcripts.json (a real Asterisk
 22.10.1); the Yeastar TG's framings are written byte for byte from
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from websmsd.asterisk.ami import (
+from websmsd.ami.protocol import (
     MAX_ACTION_LINE,
     MAX_ACTION_LINES,
     MESSAGE_SEND_MAX_BODY_BYTES,
@@ -71,7 +71,7 @@ def packets(events):
 
 
 def test_module_imports_no_twisted():
-    code = ("import sys, websmsd.asterisk.ami\n"
+    code = ("import sys, websmsd.ami.protocol\n"
             "print(sorted(m for m in sys.modules if m.startswith('twisted')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=str(_HERE.parent),
                          capture_output=True, text=True, check=True).stdout

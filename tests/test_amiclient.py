@@ -1,4 +1,4 @@
-"""websmsd.asterisk.amiclient: the Twisted AMI client service.
+"""websmsd.ami.client: the Twisted AMI client service.
 
 Deterministic: a fake endpoint hands out StringTransports, MemoryReactorClock is the
 clock.  The last test runs the real client on a real (private) reactor against
@@ -19,8 +19,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
-from websmsd.asterisk.ami import AMIEncodeError, ActionResult, message_send
-from websmsd.asterisk.amiclient import (
+from websmsd.ami.protocol import AMIEncodeError, ActionResult, message_send
+from websmsd.ami.client import (
     CONNECTING,
     DISCONNECTED,
     LOGGED_IN,

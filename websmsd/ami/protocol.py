@@ -1,6 +1,6 @@
 """Asterisk Manager Interface (AMI), sans-IO: framing, action encoding, correlation.
 
-Nothing here imports Twisted (`amiclient.py` is the Twisted side).  Three pieces:
+Nothing here imports Twisted (`websmsd.ami.client` is the Twisted side).  Three pieces:
 
 * `AMIParser`: bytes in, events out (`Banner`, `Packet`, `ParseError`).  It reads two
   dialects: Asterisk's own (measured on Asterisk 22, fixtures/asterisk/ami_*.txt/json)

@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from websmsd.asterisk.ami import (
+from websmsd.ami.protocol import (
     DEFAULT_MAX_PACKET,
     ActionDone,
     ActionResult,
