@@ -1373,3 +1373,65 @@ def test_json_request_shapes_that_cannot_be_built_refuse_to_start():
     ok = loads("[websms]\nauth_method = none\nencoding = json\nkey_to = messages.0.to\n"
                "key_from = messages.0.from\nkey_body = messages.0.body\n", "x.conf", environ={})
     assert ok.outbound.interfaces[0].key_to == "messages.0.to"
+
+
+# -- channel sections: the registry, unique interface names, [phones] --------------------------
+
+
+def test_channel_sections_plug_in_and_interface_names_are_unique(monkeypatch):
+    from dataclasses import dataclass
+    from types import SimpleNamespace
+    from typing import Tuple
+
+    import websmsd.config as config
+    from websmsd.config.reader import _Key, _keys, _read_interfaces
+    from websmsd.config.values import _numbers, _text
+
+    @dataclass(frozen=True)
+    class Sim:
+        name: str = ""
+        host: str = "localhost"
+        number: Tuple[str, ...] = ()
+
+    @dataclass(frozen=True)
+    class Sims:
+        interfaces: Tuple[Sim, ...] = ()
+
+    keys = _keys(_Key("host", _text), _Key("number", _numbers))
+    fake = SimpleNamespace(
+        NAME="fakesim", KIND="fakesim", KEYS=keys,
+        read=lambda section, context: Sims(_read_interfaces(section, context, keys, Sim)),
+        interfaces=lambda s: [(i.name, "fakesim", i.number, False) for i in s.interfaces])
+    monkeypatch.setattr(config, "CHANNEL_SECTIONS", (fake,))
+    monkeypatch.setitem(config.SECTIONS, "fakesim", fake)
+    text = ("[websms]\nurl_host [tw] = https://api.example.com\n"
+            "[fakesim]\nhost = 192.0.2.1\nnumber [sim1] = +46701234567\nnumber [sim2] = +46701234568\n"
+            "[route]\ndefault = sim2, tw\n[astqueue]\n")
+    settings = loads(text, "websms.conf")
+    assert [i.name for i in settings.channels["fakesim"].interfaces] == ["sim1", "sim2"]
+    assert settings.channels["fakesim"].interfaces[0].host == "192.0.2.1"  # plain: every SIM
+    assert settings.interfaces() == [("tw", "itsp", (), False),
+                                     ("sim1", "fakesim", ("+46701234567",), False),
+                                     ("sim2", "fakesim", ("+46701234568",), False)]
+    from websmsd.routing import router_for
+
+    assert router_for(settings).outbound("+4412", "+46701234567").routes == (
+        "fakesim:sim1", "fakesim:sim2", "itsp:tw")
+    assert "[fakesim] interface 'sim1'" in report(settings)
+    with pytest.raises(ConfigError) as e:
+        loads(text.replace("number [sim2]", "number [tw]"), "websms.conf")
+    assert str(e.value) == ("websms.conf:6: interface name 'tw' is used in [websms] and"
+                            " [fakesim]: interface names must be unique (WEBSMS_INDEX names one)")
+
+
+def test_phones_section():
+    settings = loads("[phones]\nnumber [john.doe] = +12025550160\nnumber [jane.doe] = +12025550183\n"
+                     "number [desk] = +12025550160\nnotify [john.doe] = all\n[astqueue]\n",
+                     "websms.conf")
+    phones = settings.phones
+    assert phones.numbers() == {"john.doe": "+12025550160", "jane.doe": "+12025550183",
+                                "desk": "+12025550160"}
+    assert phones.endpoints_of("+1 202 555 0160") == ["john.doe", "desk"]
+    assert [p.notify for p in phones.interfaces] == ["all", "none", "none"]
+    with pytest.raises(ConfigError, match="websms.conf:2: notify\\[x\\]"):
+        loads("[phones]\nnotify [x] = sometimes\n[astqueue]\n", "websms.conf")

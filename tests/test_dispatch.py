@@ -495,3 +495,31 @@ def test_sends_are_measured_per_route(world):
     assert routes["itsp:api-1"].state == "ok" and routes["itsp:api-2"].state == "failing"
     assert routes["itsp:api-2"].last_reason == "connection refused"
     assert world.dispatcher.metrics.send_seconds.count("itsp:api-1") == 1
+
+
+# -- senders as Asterisk gives them: SIP addresses ------------------------------------------
+
+
+@pytest.mark.parametrize("sender, number, source", [
+    ('"John" <sip:john.doe@192.0.2.10>', "+12025550160", "agi:john.doe"),
+    ("Smith, Alice <sip:alice@127.0.0.1>", "+12025550183", "agi:alice"),
+    ("<sip:+15551230000@192.0.2.10:5060;transport=udp>", "+15551230000", "agi"),
+    ('"Desk" <sip:12025550199@pbx>', "12025550199", "agi:12025550199"),
+    ("+15557654321", "+15557654321", "agi"),
+])
+def test_sip_senders_are_sent_from_their_number(world, sender, number, source):
+    world.outbox.phone_numbers = {"john.doe": "+12025550160", "alice": "+12025550183"}
+    world.itsp.outcomes = [OK]
+    r = fired(submitted(world, "+1555", sender, "hi", "api-1"))
+    assert r.status == "SENT", r
+    assert world.itsp.sent == [("api-1", "+1555", number, "hi")]
+    assert row(world, r.message_id).source == source
+
+
+@pytest.mark.parametrize("sender", ['"Alice" <sip:alice@127.0.0.1>', "<sip:201@pbx>"])
+def test_a_phone_without_a_number_fails_with_how_to_fix_it(world, sender):
+    r = fired(submitted(world, "+1555", sender, "hi"))
+    assert r.status == "FAILED" and r.message_id is None
+    assert "is a phone of the PBX, not a number" in r.reason
+    assert "[phones]" in r.reason and "Set(MESSAGE(from)" in r.reason
+    assert world.itsp.sent == []

@@ -701,3 +701,32 @@ def test_daemon_api_shows_a_failed_message_and_resends_it(make_daemon, fake_itsp
         time.sleep(0.05)
     assert one["status"] == "sent" and one["attempts"] == 1
     assert [a["ok"] for a in one["attempt_log"]] == [False, True]
+
+
+# -- USSD through the API --------------------------------------------------------------------
+
+
+def test_api_ussd_asks_the_interface_and_answers_its_reply(h):
+    asked = []
+
+    def sim1(code):
+        asked.append(code)
+        return defer.succeed("Balance: 12.50 EUR")
+
+    def broken(code):
+        return defer.fail(RuntimeError("USSD timeout on span 2"))
+
+    h.resource.api.ussd.update({"sim1": sim1, "tg1": broken})
+    r = h.post_json("/api/ussd", {"interface": "sim1", "code": "*100#"})
+    assert (r.status, r.json()) == (200, {"interface": "sim1", "code": "*100#",
+                                          "reply": "Balance: 12.50 EUR"})
+    assert asked == ["*100#"]
+    r = h.post_json("/api/ussd", {"interface": "tg1", "code": "*100#"})
+    assert r.status == 502 and r.json()["error"] == "USSD timeout on span 2"
+    r = h.post_json("/api/ussd", {"interface": "nope", "code": "*100#"})
+    assert r.status == 404 and "sim1, tg1" in r.json()["error"]
+    for bad in ("*100#\n", "*100#; rm", "", "1" * 65):
+        r = h.post_json("/api/ussd", {"interface": "sim1", "code": bad})
+        assert r.status == 400, bad
+    assert asked == ["*100#"]
+    assert h.request("GET", "/api/ussd").status == 405

@@ -9,63 +9,81 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 EX_SENT, EX_FAILED, EX_QUEUED = 0, 1, 75  # 75: EX_TEMPFAIL, "accepted, will retry"
 
 
-def websms_main(argv: Optional[List[str]] = None) -> int:
+def _local_api(config: Optional[str], api: Optional[str]) -> Tuple[str, Optional[str]]:
+    """The local API's URL and the token to give it; raises ValueError (with the why)."""
     from websmsd.tap import default_config
 
+    if api is not None:
+        return api, None
+    from websmsd.config import ConfigError, load
+    from websmsd.endpoints import client_address
+
+    try:
+        settings = load(config or default_config())
+        host, port = client_address(settings.daemon.status_listen[0])
+    except (ConfigError, OSError, ValueError, IndexError) as e:
+        raise ValueError(f"cannot find the daemon's local API: {e}") from None
+    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return url, settings.daemon.status_token
+
+
+def _post(url: str, path: str, payload: dict, token: Optional[str],
+          timeout: float) -> Tuple[int, dict]:
+    """POST JSON to the local API: (HTTP status, answer); OSError when unreachable."""
+    headers = {"Content-Type": "application/json"}
+    if token:  # needed when the local API listens beyond loopback
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url.rstrip("/") + path,
+                                     data=json.dumps(payload).encode("utf-8"),
+                                     headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as e:
+        try:
+            return e.code, json.load(e)
+        except ValueError:
+            return e.code, {"error": str(e.reason)}
+
+
+def websms_main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ussd"]:
+        return _ussd_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="websms",
         description="Send one SMS through the running websmsd. Exit status: 0 sent, "
-        "1 failed (or the daemon is unreachable), 75 queued for retry.")
+        "1 failed (or the daemon is unreachable), 75 queued for retry.",
+        epilog="websms ussd INTERFACE CODE: send a USSD code (e.g. '*100#') through a SIM")
     parser.add_argument("to")
     parser.add_argument("sender", metavar="from")
     parser.add_argument("body")
-    parser.add_argument("index", nargs="?", default="", help="[websms] interface (WEBSMS_INDEX)")
+    parser.add_argument("index", nargs="?", default="", help="the interface (WEBSMS_INDEX)")
     parser.add_argument("--config", default=None, help="websms.conf (to find the daemon)")
     parser.add_argument("--api", default=None, help="http://host:port of the local API")
     parser.add_argument("--wait", type=float, default=None,
                         help="seconds to wait for the first attempt")
     args = parser.parse_args(argv)
-
-    url = args.api
-    token = None
-    if url is None:
-        from websmsd.config import ConfigError, load
-        from websmsd.endpoints import client_address
-
-        try:
-            settings = load(args.config or default_config())
-            host, port = client_address(settings.daemon.status_listen[0])
-            token = settings.daemon.status_token
-        except (ConfigError, OSError, ValueError, IndexError) as e:
-            print(f"websms: cannot find the daemon's local API: {e}", file=sys.stderr)
-            return EX_FAILED
-        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-    payload = {"to": args.to, "from": args.sender, "body": args.body, "index": args.index}
+    try:
+        url, token = _local_api(args.config, args.api)
+    except ValueError as e:
+        print(f"websms: {e}", file=sys.stderr)
+        return EX_FAILED
+    payload = {"to": args.to, "from": args.sender, "body": args.body, "interface": args.index}
     if args.wait is not None:
         payload["wait"] = args.wait
-    headers = {"Content-Type": "application/json"}
-    if token:  # needed when the local API listens beyond loopback
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(
-        url.rstrip("/") + "/api/send", data=json.dumps(payload).encode("utf-8"),
-        headers=headers, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=150) as response:
-            answer = json.load(response)
-    except urllib.error.HTTPError as e:
-        try:
-            reason = json.load(e).get("error")
-        except ValueError:
-            reason = e.reason
-        print(f"websms: the daemon refused: {reason}", file=sys.stderr)
-        return EX_FAILED
+        code, answer = _post(url, "/api/send", payload, token, timeout=150)
     except (OSError, ValueError) as e:
         print(f"websms: the daemon at {url} is unreachable: {e}", file=sys.stderr)
+        return EX_FAILED
+    if code != 200:
+        print(f"websms: the daemon refused: {answer.get('error')}", file=sys.stderr)
         return EX_FAILED
     status = answer.get("status")
     line = f"{status} {answer.get('id') or '-'}"
@@ -73,6 +91,30 @@ def websms_main(argv: Optional[List[str]] = None) -> int:
         line += f" ({answer['reason']})"
     print(line)
     return {"SENT": EX_SENT, "QUEUED": EX_QUEUED}.get(status, EX_FAILED)
+
+
+def _ussd_main(argv: List[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="websms ussd", description="Send a USSD code through a SIM of the running "
+        "websmsd and print the network's answer. Exit status: 0 answered, 1 not.")
+    parser.add_argument("interface", help="the SIM's interface (sim1, tg1...)")
+    parser.add_argument("code", help="the code, e.g. '*100#' (quote the # in a shell)")
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--api", default=None)
+    args = parser.parse_args(argv)
+    try:
+        url, token = _local_api(args.config, args.api)
+        code, answer = _post(url, "/api/ussd", {"interface": args.interface, "code": args.code},
+                             token, timeout=150)
+    except (OSError, ValueError) as e:
+        print(f"websms: {e}", file=sys.stderr)
+        return EX_FAILED
+    if code != 200:
+        print(f"websms: USSD {args.code} through {args.interface}: {answer.get('error')}",
+              file=sys.stderr)
+        return EX_FAILED
+    print(answer.get("reply", ""))
+    return EX_SENT
 
 
 def websmsd_main(argv: Optional[List[str]] = None) -> int:

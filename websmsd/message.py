@@ -6,8 +6,9 @@ import itertools
 import os
 import re
 import time
+import urllib.parse
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 from websmsd.text import shown
 
@@ -101,3 +102,34 @@ def check_sender(value: str) -> str:
     return value
 
 
+
+
+class SipAddress(NamedTuple):
+    display: str
+    user: str
+    host: str
+
+
+# `"Alice" <sip:alice@192.0.2.10>`, `Smith, Alice <sip:alice@127.0.0.1:5060;transport=udp>`
+# (AGI() drops the quotes and keeps the comma), `<sip:+15551234@host>`, `sip:201@host`.
+_SIP_URI = re.compile(r"sips?:(?:(?P<user>[^@;>\s]+)@)?(?P<host>[^;>?\s]+)\S*\Z", re.I)
+
+
+def parse_sip_address(text: str) -> Optional[SipAddress]:
+    """The parts of a SIP name-addr or URI as Asterisk's MESSAGE(from) gives it; None when
+    `text` is no SIP address (a plain number or sender id).  The address is taken from
+    the last `<`, so a display name with commas or `<` of its own cannot hide it."""
+    if "sip" not in text.lower():
+        return None
+    head, bracket, tail = text.rpartition("<")
+    if bracket:
+        tail = tail.rstrip()
+        if not tail.endswith(">"):
+            return None
+        uri, display = tail[:-1], head.strip().strip('"').strip()
+    else:
+        uri, display = text.strip(), ""
+    u = _SIP_URI.match(uri)
+    if u is None or not u.group("user"):
+        return None
+    return SipAddress(display, urllib.parse.unquote(u.group("user")), u.group("host"))

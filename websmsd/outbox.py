@@ -7,18 +7,23 @@ first try, so that the dialplan can tell the sender SENT, QUEUED or FAILED.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+import re
+from typing import Any, Mapping, NamedTuple, Optional, Tuple
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from websmsd.message import (DELIVERED, FAILED, OUT, SENT, Message, UnsafeValue, check_recipient,
-                             check_sender)
+                             check_sender, parse_sip_address)
 from websmsd.routing import Router
+from websmsd.text import shown
 
 log = Logger()
 
 MAX_BODY = 10_000  # characters; a long SMS is 1,600 at most, this only stops abuse
+# A SIP user that is a phone number (not an extension such as 201).
+_NUMBER = re.compile(r"\+[0-9]{3,20}|[0-9]{7,20}")
+_ENDPOINT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 
 
 class Submitted(NamedTuple):
@@ -28,13 +33,38 @@ class Submitted(NamedTuple):
 
 
 class Outbox:
+    """`phone_numbers`: {PJSIP endpoint: the number it writes from} ([phones])."""
+
     def __init__(self, store: Any, dispatcher: Any, router: Router, reactor: Any,
-                 wait: float = 10.0):
+                 wait: float = 10.0, phone_numbers: Optional[Mapping[str, str]] = None):
         self.store = store
         self.dispatcher = dispatcher
         self.router = router
         self.reactor = reactor
         self.wait = wait
+        self.phone_numbers = dict(phone_numbers or {})
+
+    def sender_of(self, sender: str, source: str) -> Tuple[str, str]:
+        """(the number a message is sent from, its source); raises UnsafeValue (with how
+        to fix it) for a phone that has no number.
+
+        Asterisk's MESSAGE(from) for a PJSIP phone is its SIP address, `"John"
+        <sip:john.doe@192.0.2.10>`: the endpoint's number from [phones], else the user
+        part when it is a number; the source then names the endpoint (agi:john.doe)."""
+        sip = parse_sip_address(sender)
+        if sip is None:
+            return sender, source
+        source = f"{source}:{sip.user}" if _ENDPOINT.fullmatch(sip.user) else source
+        number = self.phone_numbers.get(sip.user)
+        if number is not None:
+            return number, source
+        if _NUMBER.fullmatch(sip.user):
+            return sip.user, source
+        endpoint = sip.user if _ENDPOINT.fullmatch(sip.user) else "ENDPOINT"
+        raise UnsafeValue(
+            f"the sender {shown(sip.user)} is a phone of the PBX, not a number: give it the"
+            f" number it sends from in [phones] (number [{endpoint}] = +...), or"
+            " Set(MESSAGE(from)=+...) in the dialplan before AGI()")
 
     def prepare(self, to: str, sender: str, body: str, index: Optional[str] = None,
                 source: str = "agi") -> "Message | str":
@@ -44,6 +74,7 @@ class Outbox:
         if len(body) > MAX_BODY:
             return f"body of {len(body)} characters is too long"
         try:
+            sender, source = self.sender_of(sender, source)
             check_sender(sender)
         except UnsafeValue as e:
             return str(e)

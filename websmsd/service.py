@@ -7,7 +7,9 @@ and the outbox; then the listeners (webhooks, FastAGI, the status page and API).
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict
 
 from twisted.application import service, strports
 from twisted.application.internet import TimerService
@@ -17,6 +19,29 @@ from twisted.logger import Logger
 from websmsd.config import Settings
 
 log = Logger()
+
+# The channels beyond the ITSPs and call files: a configured section's package builds
+# its routes, sources and services with `build(wiring, section_settings)`.  Imported
+# only when configured (a Raspberry Pi's memory).
+CHANNELS: Dict[str, str] = {}
+
+
+@dataclass
+class Wiring:
+    """What a channel's build() gets: the daemon's shared parts."""
+
+    reactor: Any
+    parent: service.MultiService  # add the channel's services (named) here
+    settings: Any  # the whole websmsd.config.Settings
+    store: Any
+    dispatcher: Any  # add_route / add_polled_route / set_down / take / record
+    board: Any  # register the channel's status rows
+    metrics: Any
+    webhook: Any  # the webhook listener's root: mount(path, resource)
+    accept: Callable[[list], Any]  # inbound messages: routed to the PBX, stored (Deferred)
+    started: float
+    # ussd[interface name] = send(code) -> Deferred[reply text], for /api/ussd.
+    ussd: Dict[str, Callable[[str], Any]] = field(default_factory=dict)
 
 
 class StoreService(service.Service):
@@ -132,7 +157,8 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
         board.register(sink.status, sink.route)
         itsp_routes.append(sink.route)
     router = router_for(settings, inbound_route=CALLFILE_ROUTE)
-    outbox = Outbox(store, dispatcher, router, reactor, wait=d.agi_wait)
+    outbox = Outbox(store, dispatcher, router, reactor, wait=d.agi_wait,
+                    phone_numbers=settings.phones.numbers())
 
     # Webhooks: every path no channel mounts goes to the ITSP webhook.
     def accept(messages: list) -> defer.Deferred:
@@ -150,6 +176,14 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
     webhook = WebhookResource(settings.inbound, accept, max_body=d.max_body, report=report,
                               metrics=metrics, now=reactor.seconds)
     root = WebhookRoot(webhook)
+
+    # The other channels (GoIP SIMs, Yeastar ports, phones...), each from its section.
+    wiring = Wiring(reactor, top, settings, store, dispatcher, board, metrics, root, accept,
+                    started)
+    for name, module in CHANNELS.items():
+        section = settings.channels.get(name)
+        if section is not None and section.interfaces:
+            importlib.import_module(module).build(wiring, section)
     webhook_site = make_site(root, d.max_body)
     summary = TimerService(60, webhook.log_summary)
     summary.setName("webhook summary")
@@ -168,9 +202,10 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
         _listen(top, reactor, "agi_listen", description, agi, board, started)
 
     # The status page, the JSON API (the `websms` command) and /metrics.
-    model = StatusModel(store, board, metrics, routes=[CALLFILE_ROUTE, *itsp_routes],
+    model = StatusModel(store, board, metrics, routes=list(dispatcher.routes),
                         started=started, clock=reactor.seconds)
-    local = make_site(status.make_status_resource(model, outbox, Access.from_settings(d)),
+    local = make_site(status.make_status_resource(model, outbox, Access.from_settings(d),
+                                                  ussd=wiring.ussd),
                       status.MAX_REQUEST_BODY)
     for description in d.status_listen:
         _listen(top, reactor, "status_listen", _tls_endpoint(description, settings), local,

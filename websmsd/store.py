@@ -18,7 +18,7 @@ import queue
 import sqlite3
 import threading
 import urllib.parse
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -296,9 +296,13 @@ class Store:
 
     # -- writes -----------------------------------------------------------------------
 
-    def add(self, messages: List[Message]) -> defer.Deferred:
+    def add(self, messages: List[Message],
+            state: Optional[Tuple[str, str]] = None) -> defer.Deferred:
         """Store new messages; fires with one bool each: True if new, False if a copy
-        with the same dedupe_key was already stored (the peer resent it)."""
+        with the same dedupe_key was already stored (the peer resent it).
+
+        `state`: (name, value) a channel remembers with these messages, committed in the
+        same transaction (read it back with `state(name)`)."""
         now = self._reactor.seconds()
         rows = []
         for m in messages:
@@ -310,6 +314,10 @@ class Store:
             for row in rows:
                 cur = db.execute(_INSERT, row)
                 out.append(cur.rowcount == 1)
+            if state is not None:
+                db.execute("INSERT INTO channel_state (name, value, updated) VALUES (?, ?, ?)"
+                           " ON CONFLICT (name) DO UPDATE SET value = excluded.value,"
+                           " updated = excluded.updated", (state[0], state[1], now))
             return out
 
         d = self._submit(add, {m.route for m in messages})
@@ -375,10 +383,12 @@ class Store:
 
         return self._submit(claim)
 
-    def report(self, provider_id: str, routes: Sequence[str], status: str,
-               detail: Optional[str] = None) -> defer.Deferred:
+    def report(self, provider_id: "str | Sequence[str]", routes: Sequence[str], status: str,
+               detail: Optional[str] = None, *, message_id: Optional[str] = None) -> defer.Deferred:
         """A delivery report about the message one of `routes` knows as `provider_id`
-        (two SIMs may hand out the same id: a report is about the route it came from).
+        (two SIMs may hand out the same id: a report is about the route it came from;
+        several ids: any of them, for peers that write one id in two forms), or about
+        our `message_id` itself (a phone that knows our ids).
 
         Fires with the id of our message, or None when no message has that provider id.
         Reports arrive out of order and repeated: a message that is already delivered or
@@ -386,35 +396,42 @@ class Store:
         """
         now = self._reactor.seconds()
         routes = list(routes)
+        ids = [provider_id] if isinstance(provider_id, str) else list(provider_id)
         marks = ", ".join("?" * len(routes))
+        id_marks = ", ".join("?" * len(ids))
 
         def report(db: sqlite3.Connection) -> Optional[str]:
-            if not routes:
+            if message_id is not None:
+                row = db.execute("SELECT id, status FROM messages WHERE id = ?"
+                                 " AND direction = 'out'", (message_id,)).fetchone()
+            elif not routes or not ids:
                 return None
-            row = db.execute(
-                "SELECT id, status FROM messages WHERE route IN (" + marks + ")"
-                " AND provider_id = ? AND direction = 'out' ORDER BY created DESC LIMIT 1",
-                (*routes, provider_id),
-            ).fetchone()
+            else:
+                row = db.execute(
+                    "SELECT id, status FROM messages WHERE route IN (" + marks + ")"
+                    " AND provider_id IN (" + id_marks + ") AND direction = 'out'"
+                    " ORDER BY created DESC LIMIT 1",
+                    (*routes, *ids),
+                ).fetchone()
             if row is None:
                 return None
-            message_id, current = row
+            found, current = row
             # Providers resend reports (and whole batches of events): keep each once.
             seen = db.execute(
                 "SELECT 1 FROM reports WHERE message_id = ? AND status = ? AND detail IS ?",
-                (message_id, status, detail),
+                (found, status, detail),
             ).fetchone()
             if seen is None:
                 db.execute(
                     "INSERT INTO reports (message_id, at, status, detail) VALUES (?, ?, ?, ?)",
-                    (message_id, now, status, detail),
+                    (found, now, status, detail),
                 )
             if _REPORT_RANK.get(status, -1) > _REPORT_RANK.get(current, -1):
                 db.execute(
                     "UPDATE messages SET status = ?, reason = ?, updated = ? WHERE id = ?",
-                    (status, detail if status == FAILED else None, now, message_id),
+                    (status, detail if status == FAILED else None, now, found),
                 )
-            return message_id
+            return found
 
         return self._submit(report)
 
@@ -490,6 +507,15 @@ class Store:
             return _row_to_message(row) if row else None
 
         return self._submit(get)
+
+    def state(self, name: str) -> defer.Deferred:
+        """What a channel remembered under `name` (see `add`), or None."""
+
+        def state(db: sqlite3.Connection) -> Optional[str]:
+            row = db.execute("SELECT value FROM channel_state WHERE name = ?", (name,)).fetchone()
+            return row[0] if row else None
+
+        return self._submit(state)
 
     # -- reads for people: a read-only connection of their own -------------------------
 

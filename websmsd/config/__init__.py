@@ -7,8 +7,11 @@ reader refuses with ``file:line: key: why``, or reads the value and says so in
 ``Settings.warnings``.
 
 One module per section: `websms` ([websms], outbound ITSPs), `websmsd` ([websmsd],
-webhooks), `astqueue`, `daemon`, `route`...; a new channel's section is one new module
-listed in `SECTIONS`.  Pure Python (no Twisted): the only I/O is reading the one file.
+webhooks), `astqueue`, `daemon`, `route`; and one per channel section, listed in
+`CHANNEL_SECTIONS`: a new channel's section is one new module with NAME, KIND, KEYS,
+read(section, context) (settings with `interfaces`, each with `name` and `number`) and
+interfaces(settings) (what routing needs).  Pure Python (no Twisted): the only I/O is
+reading the one file.
 
     settings = load("/etc/websmsd/websms.conf")   # or raises ConfigError
     print(report(settings))                        # what `websmsd check-config` prints
@@ -19,17 +22,19 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from websmsd.config import astqueue as _astqueue
 from websmsd.config import daemon as _daemon
+from websmsd.config import phones as _phones
 from websmsd.config import route as _route
 from websmsd.config import websms as _websms
 from websmsd.config import websmsd as _websmsd
 from websmsd.config.astqueue import AstQueueSettings
 from websmsd.config.daemon import DaemonSettings
 from websmsd.config.ini import ConfigError, parse_ini
-from websmsd.config.reader import _Context
+from websmsd.config.phones import PhonesSettings
+from websmsd.config.reader import _Context, _index_lines
 from websmsd.config.report import report, webhook_url
 from websmsd.config.route import RouteSettings
 from websmsd.config.values import resp_check_pattern
@@ -42,6 +47,9 @@ __all__ = [
     "InboundSettings", "OutboundInterface", "OutboundSettings", "RouteSettings",
 ]
 
+# The channel sections: each is an interface kind of its own (goip:sim1, ...).
+CHANNEL_SECTIONS: Tuple[Any, ...] = ()
+
 # Every section websms.conf may have, by name: each module has its KEYS and a read().
 SECTIONS = {
     "websms": _websms,
@@ -49,6 +57,8 @@ SECTIONS = {
     "astqueue": _astqueue,
     "daemon": _daemon,
     "route": _route,
+    "phones": _phones,
+    **{m.NAME: m for m in CHANNEL_SECTIONS},
 }
 
 
@@ -62,6 +72,9 @@ class Settings:
     astqueue: AstQueueSettings = field(default_factory=AstQueueSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     route: RouteSettings = field(default_factory=RouteSettings)
+    phones: PhonesSettings = field(default_factory=PhonesSettings)
+    # The channel sections present, by section name (CHANNEL_SECTIONS).
+    channels: Mapping[str, Any] = field(default_factory=dict)
     # What the reader noticed but accepted (older key names, PHP quirks), for the log
     # and `websmsd check-config`.
     warnings: Tuple[str, ...] = ()
@@ -69,8 +82,12 @@ class Settings:
     def interfaces(self) -> List[Tuple[str, str, Tuple[str, ...], bool]]:
         """Every interface that can carry a message from the PBX, in file order:
         (name, kind, its own numbers, whether it normalises numbers itself)."""
-        return [(i.name, "itsp", i.number, bool(i.num_country))
-                for i in self.outbound.interfaces]
+        found = [(i.name, "itsp", i.number, bool(i.num_country))
+                 for i in self.outbound.interfaces]
+        for module in CHANNEL_SECTIONS:
+            if module.NAME in self.channels:
+                found += module.interfaces(self.channels[module.NAME])
+        return found
 
 
 def loads(
@@ -94,15 +111,38 @@ def loads(
     astqueue = _astqueue.read(sections.get("astqueue"), context)
     daemon = _daemon.read(sections.get("daemon"), environ, context)
     _daemon._warn_behind_a_proxy(inbound, daemon, lines, context)
+    _check_unique_names(sections, context)
+    channels = {m.NAME: m.read(sections[m.NAME], context) for m in CHANNEL_SECTIONS
+                if m.NAME in sections}
     interfaces = {i.name: ("websms", i) for i in outbound.interfaces}
+    for m in CHANNEL_SECTIONS:
+        if m.NAME in channels:
+            interfaces.update((name, (m.NAME, None)) for name, *_ in m.interfaces(channels[m.NAME]))
     route = _route.read(sections.get("route"), context, interfaces)
+    phones = _phones.read(sections.get("phones"), context)
     if not path.startswith("<"):
         base = os.path.dirname(os.path.abspath(path))
         outbound, astqueue, daemon = _relative_to(base, outbound, astqueue, daemon)
     return Settings(
         path=path, outbound=outbound, inbound=inbound, astqueue=astqueue, daemon=daemon,
-        route=route, warnings=tuple(context.warnings),
+        route=route, phones=phones, channels=channels, warnings=tuple(context.warnings),
     )
+
+
+def _check_unique_names(sections: Mapping[str, Any], context: _Context) -> None:
+    """An interface name says which interface WEBSMS_INDEX and [route] mean: unique
+    across the sections that carry messages ([websmsd] names may repeat [websms]'s, the
+    two sides of one provider)."""
+    seen: Dict[str, str] = {}
+    for name in ("websms",) + tuple(m.NAME for m in CHANNEL_SECTIONS):
+        if name not in sections:
+            continue
+        for index, line in _index_lines(sections[name]).items():
+            if index in seen and seen[index] != name:
+                raise context.error(
+                    line, None, f"interface name {index!r} is used in [{seen[index]}] and"
+                    f" [{name}]: interface names must be unique (WEBSMS_INDEX names one)")
+            seen.setdefault(index, name)
 
 
 def _relative_to(base: str, outbound: OutboundSettings, astqueue: AstQueueSettings,

@@ -255,3 +255,23 @@ def _warn_preset_needs(
 def _fields_of(reads: Mapping[str, _Read], target: type) -> Dict[str, Any]:
     names = {spec.name for spec in dataclasses.fields(target)}
     return {name: read.value for name, read in reads.items() if name in names}
+
+
+def _read_interfaces(section: IniSection, context: _Context, keys: Mapping[str, "_Key"],
+                     target: type, ignored: Optional[Mapping[str, str]] = None) -> tuple:
+    """The interfaces of a channel section, one `target` each: named by the [index]es its
+    keys use (none: one interface named ""); a plain value applies to every interface,
+    an indexed one to its own."""
+    settings = _read_section(section, context, keys, ignored)
+    names = list(_interface_names(settings)) or [""]
+    return tuple(target(name=name, **_values_for(settings, name, target)) for name in names)
+
+
+def _index_lines(section: IniSection) -> Dict[str, int]:
+    """The interface names a section's keys use, with the line of the first (read from
+    the ini as written, before any key is checked)."""
+    first: Dict[str, int] = {}
+    for key in section.keys.values():
+        for index, line in key.index_lines.items():
+            first[index] = min(line, first.get(index, line))
+    return first

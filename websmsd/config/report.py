@@ -54,6 +54,20 @@ def report(settings: Settings) -> str:
     lines += ["", "[websmsd] selection"] + [f"    {rule}" for rule in _selection_rules(inbound)]
     lines += _fields(inbound, only=("prox_addr", "prox_header"))
 
+    from websmsd.config import CHANNEL_SECTIONS
+
+    for module in CHANNEL_SECTIONS:
+        section = settings.channels.get(module.NAME)
+        if section is None:
+            continue
+        lines += ["", f"[{module.NAME}]"] + _fields(section, skip=("interfaces",))
+        for interface in section.interfaces:
+            lines += ["", f"[{module.NAME}] {_interface_title(interface.name)}"]
+            lines += _fields(interface, skip=("name",))
+    if settings.route.rules or settings.route.default:
+        lines += ["", "[route]"] + [f"    rule {r.name}: {', '.join(r.prefixes)} -> "
+                                    f"{', '.join(r.via)}" for r in settings.route.rules]
+        lines += _fields(settings.route, skip=("rules",))
     lines += ["", "[astqueue]"] + _fields(settings.astqueue)
     lines += ["", "[daemon]"] + _fields(settings.daemon)
 

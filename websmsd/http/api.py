@@ -17,7 +17,7 @@ import binascii
 import hmac
 import json
 import re
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 from urllib.parse import urlsplit
 
 from twisted.internet import defer
@@ -32,6 +32,7 @@ MAX_REQUEST = 64 * 1024
 # Message ids are 20 hex digits today; accept what any future channel might use, but
 # nothing that could leave a URL path segment.
 MESSAGE_ID = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+USSD_CODE = re.compile(r"[0-9*#+]{1,64}")
 
 
 # -- who may use the status listener ----------------------------------------------------
@@ -243,13 +244,17 @@ class APIResource(resource.Resource):
     isLeaf = True
 
     def __init__(self, outbox: Any, store: Any, access: Optional[Access] = None,
-                 status: Optional[Callable[[], defer.Deferred]] = None):
+                 status: Optional[Callable[[], defer.Deferred]] = None,
+                 ussd: Optional[Dict[str, Callable[[str], defer.Deferred]]] = None):
         super().__init__()
         self.outbox = outbox
         self.store = store
         self.access = access or Access()
         # status(): Deferred firing with the JSON-able state of the daemon (status page).
         self.status = status
+        # ussd[interface](code): Deferred firing with the network's reply text; filled
+        # by the channels that can send USSD (a GoIP SIM, a Yeastar port).
+        self.ussd = ussd if ussd is not None else {}
 
     def render(self, request: Any) -> Any:
         try:
@@ -270,6 +275,10 @@ class APIResource(resource.Resource):
             if method != b"POST":
                 return self._not_allowed(request, b"POST")
             return self._send(request)
+        if path == b"/api/ussd":
+            if method != b"POST":
+                return self._not_allowed(request, b"POST")
+            return self._ussd(request)
         if path == b"/api/status":
             if method not in (b"GET", b"HEAD"):
                 return self._not_allowed(request, b"GET, HEAD")
@@ -341,6 +350,37 @@ class APIResource(resource.Resource):
         d.addCallback(lambda r: _finish(request, 200, {
             "status": r.status, "id": r.message_id, "reason": r.reason}))
         d.addErrback(self._failed, request)
+        return server.NOT_DONE_YET
+
+    def _ussd(self, request: Any) -> Any:
+        try:
+            fields = self._json_fields(request)
+            interface, code = str(fields["interface"]), str(fields["code"])
+        except _TooLarge:
+            return _answer(request, 413, {"error": "request too large"})
+        except KeyError as e:
+            return _answer(request, 400, {"error": f"missing field {e.args[0]}"})
+        except (ValueError, TypeError, UnicodeDecodeError) as e:
+            return _answer(request, 400, {"error": f"bad request: {e}"})
+        if not USSD_CODE.fullmatch(code):
+            return _answer(request, 400, {"error": "a USSD code is digits, * and # (e.g. *100#)"})
+        send = self.ussd.get(interface)
+        if send is None:
+            known = ", ".join(sorted(self.ussd)) or "none"
+            return _answer(request, 404, {"error": f"no interface {interface!r} sends USSD"
+                                                   f" (those that do: {known})"})
+        log.info("USSD {code} through {interface}", code=code, interface=interface)
+        d = defer.maybeDeferred(send, code)
+        d.addCallback(lambda reply: _finish(request, 200, {
+            "interface": interface, "code": code, "reply": reply}))
+
+        def failed(failure: Any) -> None:
+            reason = str(failure.value) or type(failure.value).__name__
+            log.warn("USSD {code} through {interface} failed: {reason}", code=code,
+                     interface=interface, reason=reason)
+            _finish(request, 502, {"interface": interface, "code": code, "error": reason})
+
+        d.addErrback(failed)
         return server.NOT_DONE_YET
 
     def _failed(self, failure: Any, request: Any) -> None:

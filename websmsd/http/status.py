@@ -316,7 +316,8 @@ def _form(request: Any) -> Dict[str, str]:
 
 
 def make_status_resource(model: StatusModel, outbox: Any, access: api.Access,
-                         csrf: Optional[CSRF] = None) -> StatusResource:
+                         csrf: Optional[CSRF] = None,
+                         ussd: Optional[Dict[str, Any]] = None) -> StatusResource:
     """The root of the status listener: page, static files, /metrics and the JSON API."""
-    json_api = api.APIResource(outbox, model.store, access, status=model.snapshot)
+    json_api = api.APIResource(outbox, model.store, access, status=model.snapshot, ussd=ussd)
     return StatusResource(model, json_api, access, csrf)

@@ -24,7 +24,7 @@ its URL nor the password is ever logged or put in an error message.
 from __future__ import annotations
 
 import re
-from typing import Any, Optional, Tuple
+from typing import Any, Tuple
 
 from twisted.internet import defer
 from twisted.internet.protocol import Protocol
