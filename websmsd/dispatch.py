@@ -321,7 +321,9 @@ class Dispatcher(Service):
             outcomes = await defer.maybeDeferred(r.sink.send_batch, messages, self._claim)
             for outcome in outcomes:
                 self._measure(r.name, started, outcome)
-            await self.record_all(list(zip(messages, outcomes)))
+            # A batch route's successes are the bulk of its work (every inbound message):
+            # their attempt rows would double the writes; its failures are kept.
+            await self.record_all(list(zip(messages, outcomes)), log_success=False)
             return len(messages) >= self.batch_size
 
         def landed(result: Any) -> Any:
@@ -357,7 +359,8 @@ class Dispatcher(Service):
         channels alike), by the retry policy."""
         return defer.ensureDeferred(self.record_all([(message, outcome)]))
 
-    async def record_all(self, pairs: Sequence[Tuple[Message, Outcome]]) -> None:
+    async def record_all(self, pairs: Sequence[Tuple[Message, Outcome]],
+                         log_success: bool = True) -> None:
         now = self.reactor.seconds()
         changes: List[tuple] = []
         attempts: List[tuple] = []
@@ -370,7 +373,7 @@ class Dispatcher(Service):
             if "route" in fields:
                 wake.add(fields["route"])
             changes.append((m.id, fields))
-            if attempt is not None:
+            if attempt is not None and (log_success or not attempt[0]):
                 attempts.append((m.id, *attempt))
             if (outcome.retry_in is None or outcome.ok) and "route" not in fields:
                 # Someone may wait for this try (a FastAGI session): not for a "look

@@ -372,13 +372,20 @@ class Store:
         now = self._reactor.seconds()
 
         def claim(db: sqlite3.Connection) -> List[str]:
-            claimed = []
-            for message_id in ids:
-                cur = db.execute(
-                    "UPDATE messages SET status = ?, updated = ? WHERE id = ?"
-                    " AND status IN (?, ?)", (SENDING, now, message_id, QUEUED, SENDING))
-                if cur.rowcount == 1:
-                    claimed.append(message_id)
+            if len(ids) == 1:
+                cur = db.execute("UPDATE messages SET status = ?, updated = ? WHERE id = ?"
+                                 " AND status IN (?, ?)", (SENDING, now, ids[0], QUEUED, SENDING))
+                return ids if cur.rowcount == 1 else []
+            # A batch (a round of call files): which still wait, then one executemany.
+            waiting = set()
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                waiting.update(r[0] for r in db.execute(
+                    "SELECT id FROM messages WHERE id IN (" + ", ".join("?" * len(chunk))
+                    + ") AND status IN (?, ?)", (*chunk, QUEUED, SENDING)))
+            claimed = [i for i in ids if i in waiting]
+            db.executemany("UPDATE messages SET status = ?, updated = ? WHERE id = ?",
+                           [(SENDING, now, i) for i in claimed])
             return claimed
 
         return self._submit(claim)
