@@ -16,6 +16,7 @@ from websmsd.config import (
     InboundSettings,
     OutboundInterface,
     OutboundSettings,
+    NO_OUTBOUND,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "config"
@@ -155,7 +156,8 @@ def test_environment_variables_are_substituted():
 def test_default_environment_is_os_environ(monkeypatch):
     monkeypatch.setenv("WEBSMSD_TEST_USER", "from-os")
     monkeypatch.setenv("WEBSMSD_PORT", "8081")
-    settings = loads("[websms]\nauth_user = ${WEBSMSD_TEST_USER}\nauth_secret = s\n")
+    settings = loads("[websms]\nauth_user = ${WEBSMSD_TEST_USER}\nauth_secret = s\n"
+                     "url_host = https://itsp.example\n")
     assert settings.outbound.interfaces[0].auth_user == "from-os"
     assert settings.daemon.webhook_listen == ("tcp:8081",)
 
@@ -332,9 +334,11 @@ def test_empty_sections_give_defaults():
     assert settings.inbound == InboundSettings()
     assert settings.astqueue == AstQueueSettings()
     assert settings.daemon == DaemonSettings()
-    # The default basic without credentials sends no authentication, and says so.
-    assert settings.outbound.interfaces == (OutboundInterface(auth_method="none"),)
-    assert warned(settings, f"{PATH}:1: auth_method:", "no authentication")
+    # Nothing configured, nothing sent: no http://localhost default that a local web
+    # server would take for an ITSP (issue #12), and check-config says so as an error.
+    assert settings.outbound.interfaces == ()
+    assert not [w for w in settings.warnings if "auth_method" in w]
+    assert settings.problems == (NO_OUTBOUND,)
 
 
 def test_unknown_section_is_refused():
@@ -551,13 +555,14 @@ def test_interfaces_are_every_index_in_order_of_first_appearance():
         """
     )
     names = [i.name for i in settings.outbound.interfaces]
-    assert names == ["b", "a", "c"]
-    b, a, c = settings.outbound.interfaces
+    # c has no url_host: it does not exist, and the owner is told.
+    assert names == ["b", "a"]
+    assert warned(settings, ":6:", "interface 'c'", "no url_host", "sends nothing")
+    b, a = settings.outbound.interfaces
     assert (a.url_host, a.key_to, a.key_from) == ("https://a.example", "to", "From")
     assert (b.url_host, b.key_to) == ("https://b.example", "dst")
     # An indexed key that lacks the interface's index gives the key's default, not
     # another index's value.
-    assert (c.url_host, c.key_to, c.key_from) == ("http://localhost", "To", "src")
     assert all(i.auth_method == "none" for i in settings.outbound.interfaces)
 
 
@@ -732,16 +737,16 @@ def test_url_host_refused(host, words):
 
 
 def test_url_host_without_scheme_or_with_a_path_works_as_in_php():
-    settings = conf("[websms]\nauth_method = none\nurl_host = localhost:8080\n")
+    settings = conf("[websms]\nauth_method = none\nurl_host = https://itsp.example\nurl_host = localhost:8080\n")
     assert settings.outbound.interfaces[0].url_host == "http://localhost:8080"
     assert warned(settings, "no scheme")
-    settings = conf("[websms]\nauth_method = none\nurl_host = https://api.example.com/v1\n"
+    settings = conf("[websms]\nauth_method = none\nurl_host = https://itsp.example\nurl_host = https://api.example.com/v1\n"
                     "url_path = /sms\n")
     assert settings.outbound.interfaces[0].url == "https://api.example.com/v1/sms"
 
 
 def test_url_path_must_start_with_a_slash():
-    settings = conf('[websms]\nauth_method = none\nurl_path = "/v1/sms?src=pbx"\n')
+    settings = conf('[websms]\nauth_method = none\nurl_host = https://itsp.example\nurl_path = "/v1/sms?src=pbx"\n')
     assert settings.outbound.interfaces[0].url_path == "/v1/sms?src=pbx"
     refused("[websms]\nauth_method = none\nurl_path = sms/send\n", 3, "url_path", "start with '/'")
     refused("[websms]\nauth_method = none\npath [x] = /a b\n", 3, "path[x]", "spaces")
@@ -757,6 +762,7 @@ def test_auth_methods():
             auth_secret = s
             key_user = user
             key_secret = pass
+            url_host = https://itsp.example
             """
         )
         assert settings.outbound.interfaces[0].auth_method == method
@@ -766,7 +772,7 @@ def test_auth_methods():
 
 @pytest.mark.parametrize("written", ["none", "None", "NONE", '""', "off"])
 def test_empty_auth_method_means_none_with_a_warning(written):
-    settings = conf(f"[websms]\nauth_method = {written}\n")
+    settings = conf(f"[websms]\nauth_method = {written}\nurl_host = https://itsp.example\n")
     assert settings.outbound.interfaces[0].auth_method == "none"
     assert warned(settings, f"{PATH}:2: auth_method:", "read as none")
     assert not any("PHP ini boolean" in w for w in settings.warnings)
@@ -803,6 +809,8 @@ def test_credentials_are_checked_per_interface():
         key_user [a] = user
         key_secret [a] = pass
         auth_method [b] = "none"
+        url_host [a] = https://a.example
+        url_host [b] = https://b.example
         url_host [c] = https://c.example
         """
     )
@@ -826,11 +834,11 @@ def test_credentials_are_checked_per_interface():
 
 @pytest.mark.parametrize("value", ["E164", "e164", "E.164", "no+", "NO+", "E.123", "e.123"])
 def test_val_numform_accepted(value):
-    assert conf(f'[websms]\nauth_method = none\nval_numform = "{value}"\n').outbound.interfaces[0].val_numform == value
+    assert conf(f'[websms]\nauth_method = none\nurl_host = https://itsp.example\nval_numform = "{value}"\n').outbound.interfaces[0].val_numform == value
 
 
 def test_val_numform_omit_plus_is_no_plus():
-    settings = conf('[websms]\nauth_method = none\nval_numform = "Omit+"\n')
+    settings = conf('[websms]\nauth_method = none\nurl_host = https://itsp.example\nval_numform = "Omit+"\n')
     assert settings.outbound.interfaces[0].val_numform == "no+"
     assert warned(settings, "omit+", "no+")
 
@@ -841,14 +849,14 @@ def test_val_numform_refused(value):
 
 
 def test_val_numform_empty_is_unset():
-    assert conf("[websms]\nauth_method = none\nval_numform =\n").outbound.interfaces[0].val_numform is None
+    assert conf("[websms]\nauth_method = none\nurl_host = https://itsp.example\nval_numform =\n").outbound.interfaces[0].val_numform is None
 
 
 @pytest.mark.parametrize(
     "value", ["status=success", "/^OK/", "/queued|sent/i", r"/\"id\":\s*\d+/x", "/a/imsxu", "/a\\/b/"]
 )
 def test_resp_check_accepted(value):
-    assert conf(f'[websms]\nauth_method = none\nresp_check = "{value}"\n').outbound.interfaces[0].resp_check \
+    assert conf(f'[websms]\nauth_method = none\nurl_host = https://itsp.example\nresp_check = "{value}"\n').outbound.interfaces[0].resp_check \
         == value.replace('\\"', '"')
 
 
@@ -883,18 +891,19 @@ def test_val_static_and_val_unicode():
         auth_method = none
         val_static = "type=sms,flash=0,"
         val_unicode = UCS-2
+        url_host = https://itsp.example
         """
     ).outbound.interfaces[0]
     assert (interface.val_static, interface.val_unicode) == ("type=sms,flash=0,", "UCS-2")
-    assert conf('[websms]\nauth_method = none\nval_unicode = "coding=8"\n').outbound.interfaces[0].val_unicode \
+    assert conf('[websms]\nauth_method = none\nurl_host = https://itsp.example\nval_unicode = "coding=8"\n').outbound.interfaces[0].val_unicode \
         == "coding=8"
     refused('[websms]\nauth_method = none\nval_static = "a=1,b"\n', 3, "val_static", "'b'", "key=value")
     refused('[websms]\nauth_method = none\nval_static = "a=1, b=2"\n', 3, "val_static", "spaces")
     refused('[websms]\nauth_method = none\nval_static = "a=b=c"\n', 3, "val_static", "more than one")
     refused('[websms]\nauth_method = none\nval_unicode = "=x"\n', 3, "val_unicode", "UCS-2 or key=value")
-    settings = conf("[websms]\nauth_method = none\nval_unicode = UTF-8\n")
+    settings = conf("[websms]\nauth_method = none\nurl_host = https://itsp.example\nval_unicode = UTF-8\n")
     assert settings.outbound.interfaces[0].val_unicode == "UTF-8"
-    assert warned(settings, ":3: val_unicode:", "changes nothing")
+    assert warned(settings, ":4: val_unicode:", "changes nothing")
 
 
 @pytest.mark.parametrize("key", ["key_to", "key_from", "key_body"])
@@ -904,7 +913,7 @@ def test_request_keys_must_not_be_empty(key):
 
 
 def test_optional_values_given_empty_are_unset():
-    interface = conf('[websms]\nauth_method = none\nauth_user = ""\ntls_ca =\nkey_user = none\n').outbound.interfaces[0]
+    interface = conf('[websms]\nauth_method = none\nurl_host = https://itsp.example\nauth_user = ""\ntls_ca =\nkey_user = none\n').outbound.interfaces[0]
     assert (interface.auth_user, interface.tls_ca, interface.key_user) == (None, None, None)
 
 
@@ -1293,14 +1302,14 @@ def test_report_masks_secrets():
     assert "auth_secret = ****" in text
     assert "key_secret = ****" in text  # named *secret*: masked even though it is a key name
     assert "auth_user = acct-17" in text
-    settings = conf('[websms]\nauth_method = none\nval_static = "api_key=abc123,token=t0k,type=sms"\n')
+    settings = conf('[websms]\nauth_method = none\nurl_host = https://itsp.example\nval_static = "api_key=abc123,token=t0k,type=sms"\n')
     text = report(settings)
     assert "abc123" not in text and "t0k" not in text
     assert "val_static = api_key=****,token=****,type=sms" in text
 
 
 def test_report_does_not_reveal_a_boolean_secret_in_warnings():
-    settings = conf("[websms]\nauth_user = u\nauth_secret = yes\n")
+    settings = conf("[websms]\nauth_user = u\nauth_secret = yes\nurl_host = https://itsp.example\n")
     assert settings.outbound.interfaces[0].auth_secret == "1"
     assert warned(settings, "auth_secret", "an unquoted boolean word")
     assert "auth_secret = ****" in report(settings)
@@ -1371,7 +1380,8 @@ def test_json_request_shapes_that_cannot_be_built_refuse_to_start():
               "x.conf", environ={})
     assert str(caught.value).startswith("x.conf:4: val_static: the request cannot be built")
     ok = loads("[websms]\nauth_method = none\nencoding = json\nkey_to = messages.0.to\n"
-               "key_from = messages.0.from\nkey_body = messages.0.body\n", "x.conf", environ={})
+               "key_from = messages.0.from\nkey_body = messages.0.body\n"
+               "url_host = https://itsp.example\n", "x.conf", environ={})
     assert ok.outbound.interfaces[0].key_to == "messages.0.to"
 
 

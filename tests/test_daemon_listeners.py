@@ -91,3 +91,54 @@ def test_check_config_prints_effective_settings_with_secrets_masked(tmp_path):
     r = subprocess.run(cmd + ["check-config", str(conf)], capture_output=True, text=True, env=env)
     assert r.returncode == 2
     assert f"{conf}:2: remt_addr:" in r.stderr
+
+
+@pytest.mark.parametrize("setting", ["webhook_listen", "agi_listen", "status_listen", "WEBSMSD_PORT"])
+def test_a_busy_port_stops_the_start_in_one_line_with_exit_2(tmp_path, setting):
+    # Issue #12: a traceback and exit 1 made systemd restart websmsd every 5 s forever;
+    # exit 2 is the unit's RestartPreventExitStatus.
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    try:
+        env = {}
+        d = Daemon(tmp_path)
+        text = d.config.read_text()
+        if setting == "WEBSMSD_PORT":
+            env = {"WEBSMSD_PORT": str(port)}
+            text = "\n".join(line for line in text.splitlines() if not line.startswith("webhook_listen"))
+        else:
+            own = {"webhook_listen": d.webhook_port, "agi_listen": d.agi_port,
+                   "status_listen": d.status_port}[setting]
+            text = text.replace(f'{setting} = "tcp:{own}:', f'{setting} = "tcp:{port}:')
+        d.config.write_text(text)
+        d.env = env
+        d.start(wait=False)
+        assert d.proc.wait(30) == 2
+        out = d.output()
+        assert "Traceback" not in out
+        [line] = [line for line in out.splitlines() if "cannot listen" in line]
+        assert f"{setting} 'tcp:{port}" in line
+        assert f"127.0.0.1:{port}: address already in use" in line.lower() or \
+            f"*:{port}: address already in use" in line.lower()
+        assert "exit 2" in line
+        # Nothing else of the daemon ran: no store rows, and no listener left behind.
+        for other in (d.webhook_port, d.agi_port, d.status_port):
+            with socket.socket() as probe:
+                assert probe.connect_ex(("127.0.0.1", other)) != 0
+    finally:
+        busy.close()
+
+
+def test_start_up_log_names_the_status_page_and_each_warning_once(make_daemon):
+    d = make_daemon(websms="key_to = dst\n")
+    d.stop()
+    out = d.output()
+    assert f"status page and API: http://127.0.0.1:{d.status_port}/" in out
+    warnings = [line for line in out.splitlines() if "has no url_host" in line]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].count(str(d.config)) == 1
+    # No interface to send through: an error at start, not a silent http://localhost.
+    [error] = [line for line in out.splitlines() if "no interface configured for outbound SMS" in line]
+    assert "[websmsd#error]" in error

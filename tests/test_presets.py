@@ -10,7 +10,10 @@ hand-written websms.conf of tests/test_outbound_shapes.py builds for the same pr
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +22,7 @@ from websmsd.config import ConfigError, loads, report, webhook_url
 from websmsd.itsp.request import build_request
 
 PATH = "websms.conf"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def conf(text: str):
@@ -337,8 +341,9 @@ def test_a_plain_preset_applies_to_every_interface():
 
 def test_preset_names_are_case_insensitive_and_empty_means_none():
     assert outbound("[websms]\npreset = Telnyx\nauth_secret = k\n").preset == "telnyx"
-    iface = outbound('[websms]\npreset = ""\nauth_method = none\n')
-    assert iface.preset is None and iface.url == "http://localhost/"
+    iface = outbound('[websms]\npreset = ""\nauth_method = none\nurl_host = https://x.example\n')
+    assert iface.preset is None and iface.url == "https://x.example/"
+    assert not conf('[websms]\npreset = ""\nauth_method = none\n').outbound.interfaces
 
 
 # ---------------------------------------------------------------------------------------
@@ -484,6 +489,42 @@ def test_report_shows_where_each_value_came_from():
             in text)
     assert "      where: Twilio Programmable Messaging: Console > Phone Numbers" in text
     assert "loopback" not in text
+
+
+def test_report_marks_by_origin_not_by_value():
+    # Issue #12: a value the file writes is the file's, also when it equals the default
+    # or the preset's; only what nothing gave is (default).
+    text = report(conf("""
+        [websms]
+        preset = twilio
+        auth_user = AC0123456789abcdef0123456789abcdef
+        auth_secret = t
+        resp_id = sid
+        key_to = To
+        [websmsd]
+        key_to = To
+        sig_tolerance = 300
+    """))
+    assert "    resp_id = sid\n" in text  # written, equal to the preset's: unmarked
+    assert "    key_to = To\n" in text  # written, equal to the default: unmarked
+    assert "    sig_tolerance = 300s\n" in text
+    assert "    key_from = From  (preset twilio)\n" in text
+    assert "    key_body = Body  (default)\n" in text or "    key_body = Body  (preset twilio)\n" in text
+    assert "    url_host = https://api.twilio.com  (preset twilio)\n" in text
+    assert "    key_user = (unset)  (default)\n" in text
+    ports = report(loads("[websmsd]\n", "w.conf", environ={"WEBSMSD_PORT": "8081"}))
+    assert "    webhook_listen = tcp:8081  (WEBSMSD_PORT)\n" in ports
+
+
+def test_check_config_without_an_outbound_interface_is_an_error(tmp_path):
+    conf_file = tmp_path / "websms.conf"
+    conf_file.write_text("[websms]\n;url_host = https://itsp.example\n[websmsd]\n[astqueue]\n")
+    r = subprocess.run([sys.executable, "-m", "websmsd", "check-config", str(conf_file)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 1, r.stderr
+    assert "errors (the daemon starts, but this does not work):" in r.stdout
+    assert "no interface configured for outbound SMS" in r.stdout
+    assert "url_host = http://localhost" not in r.stdout
 
 
 def test_report_webhook_url_variants():

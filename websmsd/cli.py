@@ -149,7 +149,7 @@ def websmsd_main(argv: Optional[List[str]] = None) -> int:
         if args.route is not None:
             return _explain_route(settings, args.route, args.sender, args.index)
         print(report(settings))
-        return 0
+        return 1 if settings.problems else 0
     twistd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
               "--nodaemon", "--pidfile=", "websmsd", "--config", args.config or default_config()]
     os.execv(sys.executable, twistd)

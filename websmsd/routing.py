@@ -23,7 +23,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 from websmsd.channel import route_name
 from websmsd.config.route import RouteSettings
 
-NO_INTERFACE = "no interface configured for outbound SMS"
+NO_INTERFACE = "no interface configured for outbound SMS (give [websms] a url_host)"
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,10 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict
 
-from twisted.application import service, strports
-from twisted.application.internet import TimerService
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from websmsd.config import Settings
@@ -90,16 +91,48 @@ def _tls_endpoint(description: str, settings: Settings) -> str:
     return description
 
 
+EXIT_CANNOT_LISTEN = 2  # websmsd.service's RestartPreventExitStatus: retrying cannot help
+
+
+class _Listener(StreamServerEndpointService):
+    """A listener that stops the start when it cannot bind, in one line that names the
+    setting, rather than a traceback and an exit status systemd restarts forever."""
+
+    setting = ""
+
+    def privilegedStartService(self) -> None:
+        # Raise a bind error here (twistd exits) rather than run deaf on a busy port.
+        self._raiseSynchronously = True
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            Logger(namespace="websmsd").critical(
+                "{setting} {description!r} cannot listen: {why}; websmsd stops (exit {status})",
+                setting=self.setting, description=self.name.split(" ", 1)[-1],
+                why=_why(e), status=EXIT_CANNOT_LISTEN)
+            raise SystemExit(EXIT_CANNOT_LISTEN)
+
+
+def _why(error: CannotListenError) -> str:
+    """'address already in use' for CannotListenError's repr of a socket error."""
+    cause = error.socketError
+    text = getattr(cause, "strerror", None) or str(cause)
+    where = f"{error.interface or '*'}:{error.port}"
+    return f"{where}: {text[:1].lower()}{text[1:]}" if text else where
+
+
 def _listen(parent: service.MultiService, reactor: Any, setting: str, description: str,
             factory: Any, board: Any, started: float) -> Any:
+    from twisted.internet.endpoints import serverFromString
+
     from websmsd.http.board import listener_reporter
 
-    svc = strports.service(description, factory, reactor=reactor)
-    # Fail the start (twistd exits) rather than run deaf on a busy port.
-    svc._raiseSynchronously = True
+    svc = _Listener(serverFromString(reactor, description), factory)
+    svc.setting = setting
     svc.setName(f"{setting} {description}")
     svc.setServiceParent(parent)
-    board.register(listener_reporter(setting.split("_")[0], description, svc, started),
+    kind = "webhook" if setting == "WEBSMSD_PORT" else setting.split("_")[0]
+    board.register(listener_reporter(kind, description, svc, started),
                    svc.name)
     return svc
 
@@ -188,8 +221,12 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
     summary = TimerService(60, webhook.log_summary)
     summary.setName("webhook summary")
     summary.setServiceParent(top)
+    # The PHP service's WEBSMSD_PORT may have given the webhook listener: name that.
+    webhook_setting = dict(d.origins).get("webhook_listen") or "webhook_listen"
+    if webhook_setting != "WEBSMSD_PORT":
+        webhook_setting = "webhook_listen"
     for description in d.webhook_listen:
-        _listen(top, reactor, "webhook_listen", _tls_endpoint(description, settings),
+        _listen(top, reactor, webhook_setting, _tls_endpoint(description, settings),
                 webhook_site, board, started)
 
     # FastAGI: the dialplan hands messages over.

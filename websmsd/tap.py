@@ -39,6 +39,17 @@ class Options(usage.Options):
             raise usage.UsageError("--config needs a file name")
 
 
+def _status_url(description: str) -> str:
+    from websmsd.endpoints import client_address
+
+    try:
+        host, port = client_address(description)
+    except ValueError:
+        return "(not a TCP listener)"
+    scheme = "https" if description.startswith("ssl:") else "http"
+    return f"{scheme}://[{host}]:{port}/" if ":" in host else f"{scheme}://{host}:{port}/"
+
+
 def makeService(options: Options):
     from websmsd.config import ConfigError, load
     from websmsd.service import make_service
@@ -53,8 +64,13 @@ def makeService(options: Options):
 
     log = Logger(namespace="websmsd")
     log.info("websmsd reading {path}", path=settings.path)
-    for warning in settings.warnings:
-        log.warn("{path}: {warning}", path=settings.path, warning=warning)
+    for warning in settings.warnings:  # each names file:line already
+        log.warn("{warning}", warning=warning)
+    for problem in settings.problems:
+        log.error("{path}: {problem}", path=settings.path, problem=problem)
+    for description in settings.daemon.status_listen:
+        log.info("status page and API: {url} ({description})",
+                 url=_status_url(description), description=description)
     # The store's writer thread and the reactor share the GIL: with the default 5 ms
     # switch interval a webhook can wait that long behind a commit being prepared.
     sys.setswitchinterval(0.0005)

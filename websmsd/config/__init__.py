@@ -78,6 +78,9 @@ class Settings:
     # What the reader noticed but accepted (older key names, PHP quirks), for the log
     # and `websmsd check-config`.
     warnings: Tuple[str, ...] = ()
+    # What will not work although the daemon starts (no interface for outbound SMS):
+    # logged as errors at start; check-config lists them and exits 1.
+    problems: Tuple[str, ...] = ()
 
     def interfaces(self) -> List[Tuple[str, str, Tuple[str, ...], bool]]:
         """Every interface that can carry a message from the PBX, in file order:
@@ -123,10 +126,19 @@ def loads(
     if not path.startswith("<"):
         base = os.path.dirname(os.path.abspath(path))
         outbound, astqueue, daemon = _relative_to(base, outbound, astqueue, daemon)
-    return Settings(
+    settings = Settings(
         path=path, outbound=outbound, inbound=inbound, astqueue=astqueue, daemon=daemon,
         route=route, phones=phones, channels=channels, warnings=tuple(context.warnings),
     )
+    problems = []
+    if not settings.interfaces():
+        problems.append(NO_OUTBOUND)
+    return dataclasses.replace(settings, problems=tuple(problems))
+
+
+NO_OUTBOUND = ("no interface configured for outbound SMS: every message from the PBX (FastAGI,"
+               " websms, the API) fails; give [websms] a url_host (or configure a GSM gateway"
+               " or a phone)")
 
 
 def _check_unique_names(sections: Mapping[str, Any], context: _Context) -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
 
 from websmsd.config.ini import IniSection
 from websmsd.config.reader import _Context, _Key, _keys, _read_section, _values_for
@@ -34,6 +34,8 @@ class AstQueueSettings:
     # so that an Asterisk running as another user can read and delete it.
     filemode: Optional[int] = None
     fileowner: Optional[str] = None  # "user" or "user:group"
+    # Which fields websms.conf (or a preset) gave, for check-config: ((name, origin), ...).
+    origins: Tuple[Tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
 
 

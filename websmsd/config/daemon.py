@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from websmsd.config.ini import IniSection
 from websmsd.config.astqueue import _NO_INDEX
-from websmsd.config.reader import _Context, _Key, _keys, _read_section, _Setting, _which
+from websmsd.config.reader import FILE, _Context, _Key, _keys, _read_section, _Setting, _which
 from websmsd.config.websmsd import InboundSettings, _InboundLines
 from websmsd.config.values import (_duration, _listener, _optional_text, _positive_integer,
                                    _size, _text)
@@ -45,6 +45,10 @@ class DaemonSettings:
     status_user: Optional[str] = None
     status_password: Optional[str] = None
     status_token: Optional[str] = None
+    # webhook_listen came from WEBSMSD_PORT (the PHP service's way), not from the file.
+    webhook_from_port: bool = False
+    # Which fields websms.conf (or a preset) gave, for check-config: ((name, origin), ...).
+    origins: Tuple[Tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
 
 
@@ -84,9 +88,13 @@ def read(
             values[name] = tuple(read.value for read in setting.reads() if read.value is not None)
         else:
             values[name] = setting.plain.value
+    values["origins"] = tuple(sorted((name, FILE) for name in settings))
     port = environ.get("WEBSMSD_PORT")
     if "webhook_listen" not in values:
         values["webhook_listen"] = _webhook_from_port(port, context)
+        values["webhook_from_port"] = bool(values["webhook_listen"])
+        if values["webhook_from_port"]:
+            values["origins"] += (("webhook_listen", "WEBSMSD_PORT"),)
     elif port:
         context.warn(settings["webhook_listen"].reads()[0].line, "WEBSMSD_PORT",
                      "ignored: [daemon] webhook_listen is set")

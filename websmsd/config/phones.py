@@ -13,7 +13,7 @@ SMS to a number goes to every endpoint that has it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from websmsd.config.ini import IniSection
@@ -28,6 +28,8 @@ class Phone:
     name: str  # the PJSIP endpoint
     number: Tuple[str, ...] = ()
     notify: str = "none"
+    # Which fields websms.conf (or a preset) gave, for check-config: ((name, origin), ...).
+    origins: Tuple[Tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -171,14 +171,17 @@ def _interface_names(settings: Mapping[str, _Setting]) -> Dict[str, int]:
 
 
 def _values_for(settings: Mapping[str, _Setting], interface: str, target: type) -> Dict[str, Any]:
-    """The fields of `target` that interface `interface` gets; the others keep their defaults."""
-    fields = {spec.name for spec in dataclasses.fields(target)}
-    values = {}
-    for name, setting in settings.items():
-        read = setting.for_interface(interface)
-        if read is not None and name in fields:
-            values[name] = read.value
-    return values
+    """The fields of `target` that interface `interface` gets; the others keep their
+    defaults (and `origins`, when `target` has that field, says which were written)."""
+    return _fields_of(_reads_for(settings, interface), target)
+
+
+# Where a value came from, for check-config: the file, or a preset.
+FILE = "file"
+
+
+def _origin(read: _Read) -> str:
+    return read.label[read.label.index("(") + 1:-1] if read.label.endswith(")") else FILE
 
 
 def _which(interface: str) -> str:
@@ -254,7 +257,11 @@ def _warn_preset_needs(
 
 def _fields_of(reads: Mapping[str, _Read], target: type) -> Dict[str, Any]:
     names = {spec.name for spec in dataclasses.fields(target)}
-    return {name: read.value for name, read in reads.items() if name in names}
+    values = {name: read.value for name, read in reads.items() if name in names}
+    if "origins" in names:
+        values["origins"] = tuple(sorted((name, _origin(read)) for name, read in reads.items()
+                                         if name in names))
+    return values
 
 
 def _read_interfaces(section: IniSection, context: _Context, keys: Mapping[str, "_Key"],

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from typing import TYPE_CHECKING
 
-from websmsd.config import websms as _websms
-from websmsd.config import websmsd as _websmsd
 from websmsd.config.daemon import _loopback_only
-from websmsd.config.reader import _is_secret
+from websmsd.config.reader import FILE, _is_secret
 from websmsd.config.websmsd import InboundInterface, InboundSettings
 from websmsd.config.values import _CONTROL
 from websmsd.endpoints import parse_endpoint as _parse_endpoint
@@ -40,17 +38,16 @@ def report(settings: Settings) -> str:
 
     for interface in settings.outbound.interfaces:
         lines += ["", f"[websms] {_interface_title(interface.name)}"]
-        lines += _fields(interface, skip=("name",), preset=_preset_values("websms", interface))
+        lines += _fields(interface, skip=("name",))
 
     inbound = settings.inbound
     for interface in inbound.interfaces:
         lines += ["", f"[websmsd] {_interface_title(interface.name)}"]
         lines += _webhook_lines(settings, interface)
-        lines += _fields(interface, skip=("name",), preset=_preset_values("websmsd", interface))
+        lines += _fields(interface, skip=("name",))
     if inbound.interfaces != (inbound.default,):
         lines += ["", "[websmsd] default interface (when remt_addr and url_path choose none)"]
-        lines += _fields(inbound.default, skip=("name",),
-                         preset=_preset_values("websmsd", inbound.default))
+        lines += _fields(inbound.default, skip=("name",))
     lines += ["", "[websmsd] selection"] + [f"    {rule}" for rule in _selection_rules(inbound)]
     lines += _fields(inbound, only=("prox_addr", "prox_header"))
 
@@ -73,6 +70,9 @@ def report(settings: Settings) -> str:
 
     lines += ["", "warnings:" if settings.warnings else "warnings: none"]
     lines += [f"    {warning}" for warning in settings.warnings]
+    if settings.problems:
+        lines += ["", "errors (the daemon starts, but this does not work):"]
+        lines += [f"    {problem}" for problem in settings.problems]
     return "\n".join(lines) + "\n"
 
 
@@ -81,40 +81,29 @@ def _interface_title(name: str) -> str:
 
 
 def _fields(obj: Any, skip: Sequence[str] = (), only: Optional[Sequence[str]] = None,
-            preset: Optional[Tuple[str, Mapping[str, Any]]] = None) -> List[str]:
-    """`name = value` for each field, marked when it is the preset's or the default.
-
-    `preset` is (name, the values that preset gives this object)."""
+) -> List[str]:
+    """`name = value` for each field, marked by where it came from: unmarked, the file;
+    `(preset NAME)`, the interface's preset; `(WEBSMSD_PORT)`; `(default)`, nothing gave
+    it.  Marked by origin, never by value: a value the file writes is the file's, also
+    when it equals the default."""
+    origins = dict(getattr(obj, "origins", None) or ())
     out = []
     for spec in dataclasses.fields(obj):
-        if spec.name in skip or (only is not None and spec.name not in only):
+        if spec.name in skip or spec.name in ("origins", "webhook_from_port") or (
+                only is not None and spec.name not in only):
             continue
         value = getattr(obj, spec.name)
-        default = spec.default if spec.default is not dataclasses.MISSING else None
-        if preset is not None and spec.name in preset[1] and preset[1][spec.name] == value:
-            mark = f"  (preset {preset[0]})"
-        elif value is not None and value == default:
-            mark = "  (default)"
-        else:
+        origin = origins.get(spec.name)
+        if not hasattr(obj, "origins") or spec.name == "name":
             mark = ""
+        elif origin is None:
+            mark = "  (default)"
+        elif origin == FILE:
+            mark = ""
+        else:
+            mark = f"  ({origin})"
         out.append(f"    {spec.name} = {_show(spec.name, value)}{mark}")
     return out
-
-
-def _preset_values(section: str, interface: Any) -> Optional[Tuple[str, Dict[str, Any]]]:
-    """(name, typed values) of the preset an interface names, read as `loads` read them."""
-    preset = presets.PRESETS.get(interface.preset or "")
-    if preset is None:
-        return None
-    keys = (_websms if section == "websms" else _websmsd).KEYS
-    values = {}
-    for name, text in preset.section(section).items():
-        try:
-            values[name] = keys[name].read(presets.fill(text, getattr(interface, "auth_user", None)),
-                                           lambda message: None)
-        except ValueError:  # pragma: no cover - loads refused such a file already
-            continue
-    return preset.name, values
 
 
 # -- the webhook URL to give the provider ------------------------------------------------

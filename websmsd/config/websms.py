@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Optional, Tuple
 
 from websmsd.config.ini import IniSection
@@ -49,6 +49,8 @@ class OutboundInterface:
     preset: Optional[str] = None  # the preset the defaults came from, for check-config
     # The DIDs of this account: a reply from one of them goes out through this interface.
     number: Tuple[str, ...] = ()
+    # Which fields websms.conf (or a preset) gave, for check-config: ((name, origin), ...).
+    origins: Tuple[Tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
     @property
     def url(self) -> str:
@@ -60,7 +62,7 @@ class OutboundInterface:
 class OutboundSettings:
     """All of [websms]."""
 
-    interfaces: Tuple[OutboundInterface, ...] = (OutboundInterface(),)
+    interfaces: Tuple[OutboundInterface, ...] = ()
 
     def select(self, index: Optional[str]) -> Optional[OutboundInterface]:
         """The interface WEBSMS_INDEX names; the first one when it names none."""
@@ -119,13 +121,26 @@ def read(section: Optional[IniSection], context: _Context) -> OutboundSettings:
     if section is None:
         return OutboundSettings()
     settings = _read_section(section, context, KEYS, IGNORED)
-    names = list(_interface_names(settings)) or [""]
+    lines = _interface_names(settings)
+    names = list(lines) or [""]
     interfaces = []
     for name in names:
         reads = _with_preset("websms", settings, name, context, KEYS)
+        exists = "url_host" in reads
         interface = OutboundInterface(name=name, **_fields_of(reads, OutboundInterface))
-        interface = _check_credentials(interface, reads, section, context)
+        # What is written is checked all the same (a mistake is one, url_host or not).
+        interface = _check_credentials(interface, reads, section, context, quiet=not exists)
         _check_request_shape(interface, reads, section, context)
+        if not exists:
+            # An interface nobody pointed anywhere does not exist: the PHP's default
+            # http://localhost would hand texts to whatever web server runs here.
+            if "preset" in reads:
+                _warn_preset_needs("websms", reads, name, context)  # says: needs url_host
+            elif reads:
+                context.warn(lines.get(name, section.line), None,
+                             f"[websms] interface{_which(name) or ' (the only one)'} has no"
+                             " url_host: it does not exist, and sends nothing")
+            continue
         interfaces.append(interface)
         _warn_preset_needs("websms", reads, name, context)
     return OutboundSettings(tuple(interfaces))
@@ -159,6 +174,7 @@ def _check_credentials(
     reads: Mapping[str, _Read],
     section: IniSection,
     context: _Context,
+    quiet: bool = False,
 ) -> OutboundInterface:
     """Refuse an auth_method whose credentials are incomplete (PHP sent such requests
     without authentication and logged a warning each time).  `reads`: what the file (or
@@ -173,6 +189,8 @@ def _check_credentials(
     if method is None and not given:
         # Nothing about authentication at all, e.g. an outbound side nobody uses: the
         # default basic has nothing to send, so say plainly that there is no auth.
+        if quiet:
+            return dataclasses.replace(interface, auth_method="none")
         context.warn(
             section.line, "auth_method",
             "no auth_method and no credentials: requests carry no authentication"

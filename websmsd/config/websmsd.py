@@ -62,6 +62,8 @@ class InboundInterface:
     # The allow-lists as they apply to this interface (None: not set).
     remt_addr: Optional[Tuple[Network, ...]] = None
     url_path: Optional[Tuple[str, ...]] = None
+    # Which fields websms.conf (or a preset) gave, for check-config: ((name, origin), ...).
+    origins: Tuple[Tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class InboundSettings:
         ipaddress.ip_network("192.168.0.0/16"),
     )
     prox_header: Optional[str] = "HTTP_X_FORWARDED_FOR"
+    origins: Tuple[Tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
     @property
     def proxy_header_name(self) -> Optional[str]:
@@ -259,6 +262,7 @@ def read(
         remt_addr_indexed=bool(remt_addr and remt_addr.indexed is not None),
         url_path_plain=url_path.plain.value if url_path and url_path.plain else None,
         url_path_indexed=bool(url_path and url_path.indexed is not None),
+        origins=tuple((name, "file") for name in proxy),
         **proxy,
     )
     _check_selection_order(remt_addr, list(names), _networks_overlap, context)
