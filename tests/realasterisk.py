@@ -101,6 +101,9 @@ class Phone:
     numbers: Tuple[str, ...] = ()
     from_number: Optional[str] = None
     max_contacts: int = 1
+    # The endpoint's (message) context, when not the harness's own outbound dialplan:
+    # e.g. a context of `extra_dialplan` holding README's dialplan as written.
+    context: Optional[str] = None
 
     def secret(self) -> str:
         return self.password if self.password is not None else f"pw-{self.name}-7Qx"
@@ -445,7 +448,7 @@ protocol = tcp
 bind = {self.SIP_HOST}:{self.sip_port}
 """]
         for p in self.phones:
-            context = f"websms-from-{p.name}" if p.from_number else "websms-out"
+            context = p.context or (f"websms-from-{p.name}" if p.from_number else "websms-out")
             out.append(f"""
 [{p.name}]
 type = endpoint

@@ -911,10 +911,15 @@ def test_real_cross_device(tmp_path):
 
 def test_check_reports_problems(tmp_path):
     spool = make_spool(tmp_path)
-    assert spool.check(create=False) == [
-        f"stagingdir {tmp_path}/staging does not exist",
-        f"outgoingdir {tmp_path}/outgoing does not exist",
-    ]
+    # Missing, but websmsd will create them: only looking, nothing to say.
+    assert spool.check(create=False) == []
+    assert not (tmp_path / "staging").exists()
+    (tmp_path / "blocker").write_text("x")
+    blocked = CallFileSpool(AstQueueSettings(stagingdir=str(tmp_path / "blocker" / "st"),
+                                             outgoingdir=str(tmp_path / "outgoing")))
+    [problem] = blocked.check(create=False)
+    assert problem.startswith(f"stagingdir {tmp_path}/blocker/st does not exist, and websmsd"
+                              " could not create it")
     assert spool.check() == []
     out = str(tmp_path / "outgoing")
     same = CallFileSpool(AstQueueSettings(stagingdir=out, outgoingdir=out))
@@ -925,6 +930,45 @@ def test_check_reports_problems(tmp_path):
     )
     assert "not a directory" in " ".join(notdir.check())
     assert "no one read" in " ".join(make_spool(tmp_path, filemode=0).check())
+
+
+def test_check_says_when_asterisk_could_not_read_or_remove_a_call_file(tmp_path):
+    # Issue #12: found at start, not when the first message arrives.  "nobody" stands
+    # for the Asterisk user (a user that exists everywhere, with its own group nogroup).
+    import grp as _grp
+    import pwd as _pwd
+
+    user = _pwd.getpwnam("nobody")
+    spool = make_spool(tmp_path, filemode=0o600)
+    spool.ensure_dirs()
+    os.chmod(tmp_path / "outgoing", 0o755)
+    problems = spool.check(asterisk_user="nobody")
+    if os.geteuid() == user.pw_uid:  # pragma: no cover - tests run as nobody
+        pytest.skip("running as the stand-in Asterisk user")
+    assert len(problems) == 2, problems
+    assert "user 'nobody' (Asterisk) cannot read them" in problems[0]
+    assert "filemode = 0644" in problems[0]
+    assert "not writable by user 'nobody'" in problems[1] and "chown nobody" in problems[1]
+    os.chmod(tmp_path / "outgoing", 0o777)
+    assert len(make_spool(tmp_path, filemode=0o644).check(asterisk_user="nobody")) == 0
+    # Readable through the group: fileowner gives the files Asterisk's group.
+    group = _grp.getgrgid(user.pw_gid).gr_name
+    if os.geteuid() == 0:
+        ok = make_spool(tmp_path, filemode=0o640, fileowner=f":{group}")
+        assert ok.check(asterisk_user="nobody") == []
+    # A user that does not exist: nothing to say (Asterisk may run as root).
+    assert spool.check(asterisk_user="no-such-user-websmsd") == []
+
+
+def test_check_problems_name_their_fix(tmp_path):
+    out = str(tmp_path / "outgoing")
+    [same] = CallFileSpool(AstQueueSettings(stagingdir=out, outgoingdir=out)).check()
+    assert f"stagingdir to a directory of its own beside outgoingdir (e.g. {tmp_path}/staging)" in same
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    [missing] = CallFileSpool(AstQueueSettings(stagingdir=str(blocker / "st"),
+                                               outgoingdir=out)).check()
+    assert "cannot be created" in missing and "install -d" in missing
 
 
 def test_names_are_validated_by_the_spool(tmp_path):

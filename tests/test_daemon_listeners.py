@@ -1,9 +1,11 @@
 """Black-box: TLS and IPv6 webhook listeners, WEBSMSD_PORT, check-config."""
 
+import json
 import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -142,3 +144,31 @@ def test_start_up_log_names_the_status_page_and_each_warning_once(make_daemon):
     # No interface to send through: an error at start, not a silent http://localhost.
     [error] = [line for line in out.splitlines() if "no interface configured for outbound SMS" in line]
     assert "[websmsd#error]" in error
+
+
+def test_a_spool_websmsd_cannot_use_is_reported_at_start_on_the_page_and_by_check_config(
+        make_daemon):
+    # Issue #12: found at start, not when the first message arrives.
+    d = make_daemon(start=False)
+    blocker = d.root / "blocker"
+    blocker.write_text("not a directory")
+    d.config.write_text(d.config.read_text().replace(
+        f"stagingdir = {d.staging}", f"stagingdir = {blocker}/staging"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-m", "websmsd", "check-config", str(d.config)],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "call-file spool (checked as user" in r.stdout
+    assert f"stagingdir {blocker}/staging does not exist, and websmsd could not create it" in r.stdout
+    d.start()
+    deadline = time.monotonic() + 10
+    while "call-file spool:" not in d.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [line] = [line for line in d.log.read_text().splitlines() if "call-file spool:" in line]
+    assert "cannot be created" in line and "install -d" in line and "#warn]" in line
+    code, body = status_and_body(curl(d.api_url + "/api/status"))
+    assert code == 200
+    [spool] = [c for c in json.loads(body)["channels"] if c["kind"] == "spool"]
+    assert spool["state"] == "error" and "cannot be created" in spool["detail"]
+    code, page = status_and_body(curl(d.api_url + "/"))
+    assert "cannot be created" in page

@@ -148,12 +148,36 @@ def websmsd_main(argv: Optional[List[str]] = None) -> int:
             return 2
         if args.route is not None:
             return _explain_route(settings, args.route, args.sender, args.index)
-        print(report(settings))
-        return 1 if settings.problems else 0
+        print(report(settings), end="")
+        spool = _spool_problems(settings)
+        print("\n".join(spool))
+        return 1 if settings.problems or len(spool) > 1 else 0
     twistd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
               "--nodaemon", "--pidfile=", "websmsd", "--config", args.config or default_config()]
     os.execv(sys.executable, twistd)
     return 1  # not reached
+
+
+def _spool_problems(settings: Any) -> List[str]:
+    """The call-file spool as the daemon would find it, checked by this user (creating
+    nothing): a heading, then one line per problem."""
+    import pwd
+
+    from websmsd.asterisk.callfile import CallFileSpool
+
+    try:
+        who = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        who = str(os.geteuid())
+    heading = f"call-file spool (checked as user {who}; the daemon checks again at start"
+    heading += ", as the user it runs as): "
+    try:
+        problems = CallFileSpool(settings.astqueue).check(create=False)
+    except (OSError, ValueError) as e:
+        problems = [str(e)]
+    if not problems:
+        return [heading + "ok"]
+    return [heading + "problems"] + [f"    {p}" for p in problems]
 
 
 def _explain_route(settings: Any, to: str, sender: str, index: str) -> int:

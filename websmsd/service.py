@@ -71,6 +71,16 @@ class StoreService(service.Service):
         return self.store.close()
 
 
+class _OnStart(service.Service):
+    def __init__(self, name: str, action: Any):
+        self.name = name
+        self.action = action
+
+    def startService(self) -> None:
+        super().startService()
+        self.action()
+
+
 class _OnStop(service.Service):
     def __init__(self, name: str, action: Any):
         self.name = name
@@ -179,6 +189,7 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
                             metrics=metrics)
     dispatcher.add_batch_route(CALLFILE_ROUTE, calls, linger=0.02)
     board.register(calls.status, "spool")
+    _OnStart("spool check", calls.check).setServiceParent(top)
 
     # From the PBX: one route per interface.
     client = ITSPClient(reactor, timeout=d.http_timeout)

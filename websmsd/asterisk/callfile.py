@@ -445,6 +445,20 @@ def _check_name(name: str) -> str:
 # --------------------------------------------------------------------------- ownership
 
 
+def _umask() -> int:
+    """This process's umask, without changing it (Linux has it in /proc)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read by setting (single-threaded at start-up)
+    os.umask(mask)
+    return mask
+
+
 def parse_fileowner(text: str) -> Tuple[int, int]:
     """(uid, gid) for "user", "user:group" or ":group"; -1 means "leave unchanged".
 
@@ -564,7 +578,7 @@ class CallFileSpool:
             raise _os_error(e, "cannot create spool directory", path) from e
         self._fsync_dir(os.path.dirname(path) or ".")
 
-    def check(self, create: bool = True) -> List[str]:
+    def check(self, create: bool = True, asterisk_user: str = "asterisk") -> List[str]:
         """Problems that would stop call files from being written, one line each.
 
         For start-up and `check-config`: directories missing (and, with `create`, not
@@ -577,33 +591,51 @@ class CallFileSpool:
         for label, path in (("stagingdir", self.stagingdir), ("outgoingdir", self.outgoingdir)):
             if not os.path.lexists(path):
                 if not create:
-                    problems.append(f"{label} {path} does not exist")
+                    # Only looking (check-config): websmsd creates it at start if it can.
+                    parent = os.path.dirname(path)
+                    while parent and not os.path.lexists(parent):
+                        parent = os.path.dirname(parent)
+                    if not (os.path.isdir(parent) and self._writable(parent)):
+                        problems.append(
+                            f"{label} {path} does not exist, and websmsd could not create it"
+                            f" ({parent} is not a writable directory); create it, or set"
+                            f" [astqueue] {label}")
                     continue
                 try:
                     self._ensure_dir(path)
                 except OSError as e:
                     problems.append(
                         f"{label} {path} does not exist and cannot be created: "
-                        f"{e.strerror or e}"
+                        f"{e.strerror or e}; create it for uid {os.geteuid()}, on the same "
+                        "file system as Asterisk's outgoing spool (e.g. install -d -o "
+                        f"websmsd -g asterisk -m 2775 {path}), or set [astqueue] {label}"
                     )
                     continue
             if not os.path.isdir(path):
                 problems.append(f"{label} {path} is not a directory")
                 continue
             if not self._writable(path):
-                problems.append(f"{label} {path} is not writable by uid {os.geteuid()}")
+                problems.append(
+                    f"{label} {path} is not writable by uid {os.geteuid()} (websmsd); give "
+                    "it the group write bit and websmsd that group (the package puts websmsd "
+                    f"in group asterisk: chmod g+rwx {path}), or set [astqueue] {label}"
+                )
             stats[label] = os.stat(path)
         if len(stats) == 2:
             s, o = stats["stagingdir"], stats["outgoingdir"]
             if (s.st_dev, s.st_ino) == (o.st_dev, o.st_ino):
                 problems.append(
                     f"stagingdir and outgoingdir are the same directory ({self.outgoingdir}): "
-                    "Asterisk would read call files before they are complete"
+                    "Asterisk would read call files before they are complete; set [astqueue] "
+                    "stagingdir to a directory of its own beside outgoingdir (e.g. "
+                    f"{os.path.join(os.path.dirname(self.outgoingdir), 'staging')})"
                 )
             elif s.st_dev != o.st_dev:
                 problems.append(
                     f"stagingdir {self.stagingdir} and outgoingdir {self.outgoingdir} are on "
-                    "different file systems: call files cannot be moved atomically"
+                    "different file systems: call files cannot be moved atomically; set "
+                    "[astqueue] stagingdir to a directory beside outgoingdir (e.g. "
+                    f"{os.path.join(os.path.dirname(self.outgoingdir), 'staging')})"
                 )
         if self.fileowner is not None:
             try:
@@ -618,6 +650,56 @@ class CallFileSpool:
             problems.append(
                 f"filemode {self.filemode:04o} lets no one read call files (only an Asterisk "
                 "running as root could)"
+            )
+        elif len(stats) == 2:
+            problems.extend(self._asterisk_problems(asterisk_user))
+        return problems
+
+    def _asterisk_problems(self, user: str) -> List[str]:
+        """What would keep an Asterisk running as `user` (when that user exists) from
+        reading a call file written now, or from removing it from outgoingdir when done
+        (it deletes each file it has read: a file it cannot delete it reads again)."""
+        try:
+            pw = pwd.getpwnam(user)
+        except KeyError:
+            return []  # no such user: Asterisk runs as root, or as someone we cannot know
+        if pw.pw_uid == 0:
+            return []
+        groups = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+        staging = os.stat(self.stagingdir)
+        outgoing = os.stat(self.outgoingdir)
+        uid, gid = os.geteuid(), os.getegid()
+        if staging.st_mode & stat.S_ISGID:
+            gid = staging.st_gid  # a setgid directory gives its group to new files
+        if self.fileowner is not None:
+            try:
+                wanted = parse_fileowner(self.fileowner)
+            except ValueError:
+                return []  # reported above
+            uid = wanted[0] if wanted[0] != -1 else uid
+            gid = wanted[1] if wanted[1] != -1 else gid
+        mode = self.filemode if self.filemode is not None else 0o666 & ~_umask()
+
+        def allowed(owner: int, group: int, bits: int, need: int) -> bool:
+            if owner == pw.pw_uid:
+                return bits >> 6 & need == need
+            if group in groups:
+                return bits >> 3 & need == need
+            return bits & need == need
+
+        problems = []
+        if not allowed(uid, gid, mode, 4):
+            problems.append(
+                f"call files will be owned by uid {uid} gid {gid} with mode {mode:04o}: user "
+                f"{user!r} (Asterisk) cannot read them; set [astqueue] filemode = 0644, or "
+                f"fileowner = :{user} with filemode = 0640"
+            )
+        if not allowed(outgoing.st_uid, outgoing.st_gid, outgoing.st_mode & 0o777, 3):
+            problems.append(
+                f"outgoingdir {self.outgoingdir} (uid {outgoing.st_uid} gid {outgoing.st_gid}, "
+                f"mode {outgoing.st_mode & 0o777:04o}) is not writable by user {user!r}: "
+                f"Asterisk cannot remove the call files it has read and reads them again; "
+                f"chown {user} {self.outgoingdir}"
             )
         return problems
 

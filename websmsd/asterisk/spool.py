@@ -51,7 +51,7 @@ class CallFileChannel:
         self._thread = run_in_thread or _in_thread(reactor)
         self.metrics = metrics if metrics is not None else Metrics()
         self.last_error: Optional[str] = None
-        self.problems: List[str] = []  # what the start-up check found (missing dirs...)
+        self.problems: List[str] = []  # what the last look found (missing dirs...)
         self._state: Tuple[Optional[str], Optional[float]] = (None, since)
 
     @property
@@ -156,7 +156,24 @@ class CallFileChannel:
 
     def status(self) -> defer.Deferred:
         d = self._thread(self._look)
-        return d.addCallback(self._row)
+        return d.addCallback(self._noted).addCallback(self._row)
+
+    def check(self) -> defer.Deferred:
+        """Look at the spool now (at start: not when the first message arrives), and log
+        what is wrong, each with its fix; the status page shows the same."""
+        d = self._thread(self._look).addCallback(self._noted)
+        return d.addErrback(lambda f: log.failure("call-file spool: the check failed", f))
+
+    def _noted(self, result: Tuple[List[str], Optional[int]]) -> Tuple[List[str], Optional[int]]:
+        problems = result[0]
+        for problem in problems:
+            if problem not in self.problems:
+                log.warn("call-file spool: {problem}; inbound messages wait in the store"
+                         " until this is fixed", problem=problem)
+        if self.problems and not problems:
+            log.info("call-file spool: fixed ({outgoingdir})", outgoingdir=self.spool.outgoingdir)
+        self.problems = list(problems)
+        return result
 
     def _row(self, result: Tuple[List[str], Optional[int]]) -> ChannelState:
         problems, waiting = result
