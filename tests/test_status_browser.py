@@ -353,5 +353,5 @@ def test_status_page_reads_at_a_glance_on_desktop_and_phone(make_daemon, fake_it
                       " '::before').content") == '"To"'
     browser.screenshot(ARTIFACTS / "status-420.png")
     browser.load(f"{d.api_url}/messages/{failed['id']}")
-    assert browser.js("document.documentElement.scrollWidth") <= 420
     browser.screenshot(ARTIFACTS / "message-420.png")
+    assert browser.js("document.documentElement.scrollWidth") <= 420

@@ -323,7 +323,8 @@ class Page:
         report = fill("$status $when", status=last[1], when=_when(last[0], now)) if last else ""
         after = next_try(m, now)
         # Both when both exist: the time of the next try and why the last one failed.
-        detail = join([fill('<span class="next">next try $when</span>', when=after)
+        sep = " " if m.next_attempt > now else ": "
+        detail = join([fill('<span class="next">next try$sep$when</span>', sep=sep, when=after)
                        if after else Safe(""),
                        fill('<span class="error">$reason</span>', reason=m.reason)
                        if m.reason else Safe("")])
