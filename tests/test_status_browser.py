@@ -152,10 +152,13 @@ class Browser:
             self.page("Input.dispatchMouseEvent", {"type": kind, "x": box["x"], "y": box["y"],
                                                    "button": "left", "clickCount": 1})
 
-    def screenshot(self, path: Path) -> None:
-        """The whole page, not only what fits in the window."""
-        size = self.page("Page.getLayoutMetrics")["cssContentSize"]
-        clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+    def screenshot(self, path: Path, first_screen: bool = False) -> None:
+        """The whole page, not only what fits in the window (or only the first screen)."""
+        metrics = self.page("Page.getLayoutMetrics")
+        size = metrics["cssLayoutViewport" if first_screen else "cssContentSize"]
+        width = size.get("width", size.get("clientWidth"))
+        height = size.get("height", size.get("clientHeight"))
+        clip = {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}
         data = self.page("Page.captureScreenshot", {"format": "png", "clip": clip,
                                                     "captureBeyondViewport": True})
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -352,6 +355,7 @@ def test_status_page_reads_at_a_glance_on_desktop_and_phone(make_daemon, fake_it
     assert browser.js(f"getComputedStyle(document.querySelector('{row(queued['id'])} td.to'),"
                       " '::before').content") == '"To"'
     browser.screenshot(ARTIFACTS / "status-420.png")
+    browser.screenshot(ARTIFACTS / "status-420-first-screen.png", first_screen=True)
     browser.load(f"{d.api_url}/messages/{failed['id']}")
     browser.screenshot(ARTIFACTS / "message-420.png")
     assert browser.js("document.documentElement.scrollWidth") <= 420

@@ -249,12 +249,13 @@ class Page:
         return join(forms)
 
     # Each cell names its column (data-label): at phone width a row is shown as a card,
-    # its cells one under the other, each headed by the label (status.css).
+    # its cells one under the other, each headed by the label (status.css).  A channel's
+    # card heads its name with its kind, one line less on a small screen.
 
     def channels(self, snapshot: dict) -> Safe:
         now = snapshot["now"]
         rows = [fill('<tr class="channel kind-$kind"><td data-label="Kind" class="kind">$kind</td>'
-                     '<td data-label="Name" class="name">$name</td>'
+                     '<td data-label="$kind" class="name">$name</td>'
                      '<td data-label="State">$state</td><td data-label="Since">$since</td>'
                      '<td data-label="Detail" class="detail">$detail</td></tr>\n',
                      kind=c["kind"], name=c["name"], state=_state(c["state"]),
