@@ -246,7 +246,7 @@ def test_page_shows_channels_queues_refusals_and_messages(h):
     assert set(ids) == {failed.id, queued.id, inbound.id, reported.id}
     assert old.id not in ids
     row = re.search(r'<tr id="m-%s".*?</tr>' % reported.id, page).group(0)
-    assert "delivered" in row
+    assert _cell(row, "report") == "delivered" and 'title="reported ' in row
     row = re.search(r'<tr id="m-%s".*?</tr>' % failed.id, page).group(0)
     assert "HTTP 500: down" in row and 'class="resend"' in row and 'class="cancel"' not in row
     row = re.search(r'<tr id="m-%s".*?</tr>' % queued.id, page).group(0)
@@ -326,6 +326,10 @@ def test_every_time_shown_carries_its_zone(h, zone, tz, shown):
         assert len(shown_times) >= 4, path
         for t in shown_times:
             assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d " + re.escape(shown), t), t
+        titles = re.findall(r'title="reported ([^"(]*) \(', page)
+        assert titles or path != "/"  # the list has the report's time in its title
+        for title in titles:
+            assert title.endswith(" " + shown), title
         meta = re.search(r'<p class="meta">(.*?)</p>', page).group(1)
         meta = re.sub(r"<[^>]+>", "", meta)
         assert re.fullmatch(r"up since \S+ \S+ %s \(1 h 0 min\) \u00b7 now \S+ \S+ %s"

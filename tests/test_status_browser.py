@@ -319,6 +319,8 @@ def test_status_page_reads_at_a_glance_on_desktop_and_phone(make_daemon, fake_it
     top = browser.js("document.querySelector('tr.msg').getBoundingClientRect().top")
     assert 0 < top < 900, top
     assert "30 requests refused since start" in browser.js("document.body.textContent")
+    assert browser.js("Math.max(...[...document.querySelectorAll('table, .scroll')]"
+                      ".map(e => e.scrollWidth - e.clientWidth))") <= 0
     browser.screenshot(ARTIFACTS / "status-1280.png")
 
     row = lambda mid: f"#m-{mid}"  # noqa: E731

@@ -321,7 +321,10 @@ class Page:
     def message_row(self, m: Any, rep: list, now: float, nonce: str,
                     back: Dict[str, str]) -> Safe:
         last = rep[-1] if rep else None
-        report = fill("$status $when", status=last[1], when=_when(last[0], now)) if last else ""
+        # The last report's time is in its title: a second time column would push the
+        # list wider than a laptop's screen; the message's page lists every report.
+        report = (_state(last[1], title=f"reported {_clock(last[0])} ({_relative(last[0], now)})")
+                  if last else "")
         after = next_try(m, now)
         # Both when both exist: the time of the next try and why the last one failed.
         sep = " " if m.next_attempt > now else ": "
