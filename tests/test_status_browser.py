@@ -358,6 +358,10 @@ def test_status_page_reads_at_a_glance_on_desktop_and_phone(make_daemon, fake_it
                       " '::before').content") == '"To"'
     browser.screenshot(ARTIFACTS / "status-420.png")
     browser.screenshot(ARTIFACTS / "status-420-first-screen.png", first_screen=True)
+    # The refusals, unfolded, are cards too.
+    browser.js("document.querySelector('details.refusals').open = true")
+    assert browser.js("document.querySelectorAll('table.refusals tbody tr').length") == 20
+    assert browser.js("document.documentElement.scrollWidth") <= 420
     browser.load(f"{d.api_url}/messages/{failed['id']}")
     browser.screenshot(ARTIFACTS / "message-420.png")
     assert browser.js("document.documentElement.scrollWidth") <= 420
