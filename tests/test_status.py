@@ -35,7 +35,7 @@ from websmsd.http.pages import CSRF, CSRF_LIFETIME
 from websmsd.http.site import make_site
 from websmsd.itsp.sink import ITSPSink
 from websmsd.itsp.webhook import WebhookResource
-from websmsd.message import CANCELLED, FAILED, IN, OUT, QUEUED, SENT, Message
+from websmsd.message import CANCELLED, FAILED, IN, OUT, QUEUED, SENDING, SENT, Message
 from websmsd.metrics import Family, Histogram, Metrics, exposition
 from websmsd.outbox import Submitted
 from websmsd.config import (AstQueueSettings, InboundSettings, OutboundInterface,
@@ -246,7 +246,7 @@ def test_page_shows_channels_queues_refusals_and_messages(h):
     assert set(ids) == {failed.id, queued.id, inbound.id, reported.id}
     assert old.id not in ids
     row = re.search(r'<tr id="m-%s".*?</tr>' % reported.id, page).group(0)
-    assert "delivered" in row
+    assert _cell(row, "report") == "delivered" and 'title="reported ' in row
     row = re.search(r'<tr id="m-%s".*?</tr>' % failed.id, page).group(0)
     assert "HTTP 500: down" in row and 'class="resend"' in row and 'class="cancel"' not in row
     row = re.search(r'<tr id="m-%s".*?</tr>' % queued.id, page).group(0)
@@ -254,6 +254,108 @@ def test_page_shows_channels_queues_refusals_and_messages(h):
     # older messages: ask for more hours
     page = h.get("/?hours=72").text
     assert old.id in page
+
+
+def _row(page: str, m: Message) -> str:
+    return re.search(r'<tr id="m-%s".*?</tr>' % m.id, page).group(0)
+
+
+def _cell(row: str, name: str) -> str:
+    """A cell's text, tags dropped."""
+    html = re.search(r'<td[^>]*class="[^"]*\b%s\b[^"]*">(.*?)</td>' % name, row).group(1)
+    return " ".join(re.sub(r"<[^>]+>", " ", html).split())
+
+
+def test_inbound_sent_says_it_was_handed_to_asterisk(h):
+    inbound = h.add(direction=IN, status_=SENT, to="100", sender="+4940111")
+    outbound = h.add(status_=SENT)
+    page = h.get("/").text
+    row = _row(page, inbound)
+    assert 'data-status="sent"' in row and "st-sent" in row  # for machines, unchanged
+    assert _cell(row, "status") == "handed to Asterisk"
+    assert "Asterisk&#x27;s spool" in row  # the badge's title says where the file is
+    assert _cell(_row(page, outbound), "status") == "sent"
+    detail = h.get(f"/messages/{inbound.id}").text
+    assert "handed to Asterisk" in detail and "Asterisk&#x27;s spool" in detail
+    assert ">sent<" in h.get(f"/messages/{outbound.id}").text
+
+
+def test_waiting_messages_show_their_next_try_and_last_error(h):
+    later = h.add(status_=QUEUED, reason="HTTP 503: busy", attempts=2,
+                  next_attempt=h.now + 600)
+    due = h.add(status_=QUEUED)
+    busy = h.add(status_=SENDING, next_attempt=h.now - 5)
+    failed = h.add(status_=FAILED, reason="HTTP 400: bad number", next_attempt=h.now + 600)
+    page = h.get("/").text
+    at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h.now + 600))
+    text = _cell(_row(page, later), "reason")
+    assert text.startswith(f"next try {at} ") and text.endswith(" HTTP 503: busy"), text
+    assert 'title="in 10 min"' in _row(page, later)
+    assert _cell(_row(page, due), "reason") == "next try: due now"
+    assert _cell(_row(page, busy), "reason") == ""
+    assert _cell(_row(page, failed), "reason") == "HTTP 400: bad number"
+    detail = h.get(f"/messages/{later.id}").text
+    assert re.search(r"<th>Next attempt</th><td><time [^>]*>%s " % at, detail)
+
+
+@pytest.fixture
+def zone(monkeypatch):
+    """Sets the process's time zone (POSIX TZ rules: no tz database needed)."""
+
+    def set_zone(tz: str) -> None:
+        monkeypatch.setenv("TZ", tz)
+        time.tzset()
+
+    yield set_zone
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.parametrize("tz,shown", [("UTC0", "UTC"), ("XYZ-1", "+0100"),
+                                      ("ABC+5:30", "-0530")])
+def test_every_time_shown_carries_its_zone(h, zone, tz, shown):
+    zone(tz)
+    m = h.add(status_=QUEUED, next_attempt=h.now + 60, provider_id="P-1")
+    h.store.report("P-1", ["itsp"], "delivered", "handset")
+    h.store.update([], [(m.id, False, "HTTP 503 busy")])
+    h.send("", False)
+    h.webhook.record_refusal("bad_request", 400, "192.0.2.8", "/hook", "missing field From")
+    for path in ("/", f"/messages/{m.id}"):
+        page = h.get(path).text
+        shown_times = re.findall(r"<time [^>]*>([^<]*)</time>", page)
+        assert len(shown_times) >= 4, path
+        for t in shown_times:
+            assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d " + re.escape(shown), t), t
+        titles = re.findall(r'title="reported ([^"(]*) \(', page)
+        assert titles or path != "/"  # the list has the report's time in its title
+        for title in titles:
+            assert title.endswith(" " + shown), title
+        meta = re.search(r'<p class="meta">(.*?)</p>', page).group(1)
+        meta = re.sub(r"<[^>]+>", "", meta)
+        assert re.fullmatch(r"up since \S+ \S+ %s \(1 h 0 min\) \u00b7 now \S+ \S+ %s"
+                            % (re.escape(shown), re.escape(shown)), meta), meta
+
+
+def test_counts_are_pluralised(h):
+    h.webhook.record_refusal("bad_request", 400, "192.0.2.8", "/hook", "missing field From")
+    m = h.add()
+    page = h.get("/").text
+    assert "1 request refused since start<" in page
+    assert "1 message of the last 24 h, newest first<" in page
+    assert "requests refused" not in page and "1 messages" not in page
+    h.webhook.record_refusal("forbidden", 403, "192.0.2.9", "/x", "path /x is not in url_path")
+    h.add(body="another")
+    page = h.get("/").text
+    assert "2 requests refused since start<" in page
+    assert "2 messages of the last 24 h, newest first<" in page
+    page = h.get("/?limit=1").text
+    assert "(only the newest is shown: search by number to see others)" in page
+    assert "newest 1 are" not in page
+    for _ in range(30):
+        h.webhook.record_refusal("bad_request", 400, "192.0.2.8", "/hook", "missing From")
+    assert "32 requests refused since start (the last 20 below)<" in h.get("/").text
+    page = h.get(f"/?number={m.recipient.replace('+', '%2B')}&hours=1").text
+    assert "2 messages with +12025550160 in the last 1 h" in page
 
 
 def test_search_by_number_and_limits_with_10000_messages(h):

@@ -152,10 +152,13 @@ class Browser:
             self.page("Input.dispatchMouseEvent", {"type": kind, "x": box["x"], "y": box["y"],
                                                    "button": "left", "clickCount": 1})
 
-    def screenshot(self, path: Path) -> None:
-        """The whole page, not only what fits in the window."""
-        size = self.page("Page.getLayoutMetrics")["cssContentSize"]
-        clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+    def screenshot(self, path: Path, first_screen: bool = False) -> None:
+        """The whole page, not only what fits in the window (or only the first screen)."""
+        metrics = self.page("Page.getLayoutMetrics")
+        size = metrics["cssLayoutViewport" if first_screen else "cssContentSize"]
+        width = size.get("width", size.get("clientWidth"))
+        height = size.get("height", size.get("clientHeight"))
+        clip = {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}
         data = self.page("Page.captureScreenshot", {"format": "png", "clip": clip,
                                                     "captureBeyondViewport": True})
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -264,3 +267,101 @@ def test_status_page_in_chromium_shows_the_message_and_resends_it(make_daemon, f
                 if e.get("method") == "Log.entryAdded"
                 and e["params"]["entry"].get("level") == "error"]
     assert not [p for p in problems if "Content Security Policy" in p], problems
+
+
+# -- reads at a glance: messages first, phone width ------------------------------------------
+
+LONG_WORD = "https://example.com/track/" + "x7" * 60  # one word wider than a phone
+PHONE = {"width": 420, "height": 900, "deviceScaleFactor": 1, "mobile": True}
+DESKTOP = {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False}
+ZONE = r"(UTC|[+-]\d{4})"
+
+
+def _wait_rows(d, sql: str, want: list, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if d.rows(sql) == want:
+            return
+        time.sleep(0.05)
+    assert d.rows(sql) == want, d.output()[-3000:]
+
+
+def test_status_page_reads_at_a_glance_on_desktop_and_phone(make_daemon, fake_itsp, browser):
+    from blackbox import api_json, curl, status_and_body
+
+    d = make_daemon(websms=f"url_host = {fake_itsp.url}\nurl_path = /sms\nauth_method = none",
+                    daemon="max_attempts = 5\nretry_base = 1h\nretry_max = 1h")
+    # A burst of bad webhook requests first: they must not push the messages away.
+    bad = curl("-d", "To=%2B12025550160", *[d.webhook_url + "/"] * 30)
+    assert bad.stdout.count("400") >= 30, bad.stdout
+    inbound = curl("-d", "To=%2B12025550160", "-d", "From=%2B15017122661",
+                   "--data-urlencode", f"Body=Your parcel is on its way: {LONG_WORD} " * 2,
+                   d.webhook_url + "/")
+    assert status_and_body(inbound)[0] == 200
+    # One outbound message the ITSP refuses for good, one it asks to try again later.
+    fake_itsp.default = (400, ('{"error":"' + "invalid destination " + LONG_WORD + '"}').encode())
+    failed = api_json(d.api_url + "/api/send", {"to": "+12025550188", "from": "+15017122661",
+                                                "body": "Refused " + LONG_WORD, "wait": 10})
+    assert failed["status"] == "FAILED", failed
+    fake_itsp.default = (503, b'{"error":"' + b"temporarily overloaded, " * 8 + b'"}')
+    queued = api_json(d.api_url + "/api/send", {"to": "+12025550199", "from": "+15017122661",
+                                                "body": "Later " + "very long text " * 20})
+    _wait_rows(d, "SELECT status, attempts FROM messages WHERE id = '%s'" % queued["id"],
+               [("queued", 1)])
+    _wait_rows(d, "SELECT direction, status FROM messages WHERE direction = 'in'",
+               [("in", "sent")])
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.page("Emulation.setDeviceMetricsOverride", DESKTOP)
+    browser.load(d.api_url + "/")
+    assert browser.js("document.querySelectorAll('tr.msg').length") == 3
+    # Messages first: the newest one is on the first screen, refusals or not.
+    top = browser.js("document.querySelector('tr.msg').getBoundingClientRect().top")
+    assert 0 < top < 900, top
+    assert "30 requests refused since start" in browser.js("document.body.textContent")
+    assert browser.js("Math.max(...[...document.querySelectorAll('table, .scroll')]"
+                      ".map(e => e.scrollWidth - e.clientWidth))") <= 0
+    browser.screenshot(ARTIFACTS / "status-1280.png")
+
+    row = lambda mid: f"#m-{mid}"  # noqa: E731
+    text = lambda sel: browser.js(  # noqa: E731
+        f"document.querySelector({json.dumps(sel)}).textContent.replace(/\\s+/g, ' ').trim()")
+    # Inbound "sent" says what happened; machines still read the status.
+    [in_id] = [r[0] for r in d.rows("SELECT id FROM messages WHERE direction = 'in'")]
+    assert text(f"{row(in_id)} td.status") == "handed to Asterisk"
+    assert browser.js(f"document.querySelector('{row(in_id)}').dataset.status") == "sent"
+    # The queued message says when it is tried next, and why the last try failed.
+    detail = text(f"{row(queued['id'])} td.reason")
+    assert re.search(r"next try \d{4}-\d\d-\d\d \d\d:\d\d:\d\d " + ZONE, detail), detail
+    assert "HTTP 503" in detail and "overloaded" in detail
+    # Every time shown has its zone, the header's too.
+    times = browser.js("[...document.querySelectorAll('time')].map(t => t.textContent)")
+    assert len(times) >= 5 and all(re.fullmatch(r"[\d-]+ [\d:]+ " + ZONE, t) for t in times)
+    assert re.search(r"up since .* " + ZONE + r" .*now .* " + ZONE, text("header .meta"))
+
+    # A phone: no sideways scrolling, of the page or of a table; rows stay short.
+    browser.page("Emulation.setDeviceMetricsOverride", PHONE)
+    browser.load(d.api_url + "/")
+    assert browser.js("innerWidth") == 420
+    assert browser.js("document.documentElement.scrollWidth") <= 420
+    assert browser.js("Math.max(...[...document.querySelectorAll('table, .scroll')]"
+                      ".map(e => e.scrollWidth - e.clientWidth))") <= 0
+    assert browser.js("Math.max(...[...document.querySelectorAll('td')]"
+                      ".map(e => e.getBoundingClientRect().right))") <= 420
+    heights = browser.js("[...document.querySelectorAll('tr.channel, tr.route')]"
+                         ".map(e => e.getBoundingClientRect().height)")
+    assert len(heights) >= 5 and max(heights) < 200, heights
+    # Each cell says what it is (its column is not on screen).
+    assert browser.js("getComputedStyle(document.querySelector('table.messages thead'))"
+                      ".display") == "none"
+    assert browser.js(f"getComputedStyle(document.querySelector('{row(queued['id'])} td.to'),"
+                      " '::before').content") == '"To"'
+    browser.screenshot(ARTIFACTS / "status-420.png")
+    browser.screenshot(ARTIFACTS / "status-420-first-screen.png", first_screen=True)
+    # The refusals, unfolded, are cards too.
+    browser.js("document.querySelector('details.refusals').open = true")
+    assert browser.js("document.querySelectorAll('table.refusals tbody tr').length") == 20
+    assert browser.js("document.documentElement.scrollWidth") <= 420
+    browser.load(f"{d.api_url}/messages/{failed['id']}")
+    browser.screenshot(ARTIFACTS / "message-420.png")
+    assert browser.js("document.documentElement.scrollWidth") <= 420
