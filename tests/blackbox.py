@@ -137,6 +137,17 @@ class Daemon:
             db.close()
 
 
+    def wait_rows(self, sql: str, expected: list, args: tuple = (), timeout: float = 15.0) -> list:
+        """The rows of `sql` once they equal `expected` (the store records an outcome
+        just after the file or request it describes), or the last ones seen."""
+        deadline = time.monotonic() + timeout
+        rows = self.rows(sql, args)
+        while rows != expected and time.monotonic() < deadline:
+            time.sleep(0.02)
+            rows = self.rows(sql, args)
+        return rows
+
+
 class FakeITSP:
     """An ITSP HTTP API on loopback that records each request and answers as told."""
 

@@ -40,8 +40,9 @@ def test_form_webhook_becomes_exact_call_file(make_daemon):
         b"setvar: MESSAGE_ENCODE=rfc3986\n"
     )
     assert list(d.staging.iterdir()) == []
-    [(status, direction)] = d.rows("SELECT status, direction FROM messages")
-    assert (status, direction) == ("sent", "in")
+    # Recorded just after the rename into the spool.
+    assert d.wait_rows("SELECT status, direction FROM messages", [("sent", "in")]) == [
+        ("sent", "in")]
 
 
 def test_json_and_get_webhooks(make_daemon):

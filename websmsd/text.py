@@ -44,3 +44,14 @@ def escape_controls(text: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def local_time(t: float) -> str:
+    """`t` as the status page and the channels' details show it: date, time and zone,
+    "UTC" or the offset ("+0100"), which unlike a name ("CET", "IST") cannot be read two
+    ways."""
+    import time
+
+    lt = time.localtime(t)
+    zone = "UTC" if not lt.tm_gmtoff else time.strftime("%z", lt)
+    return time.strftime("%Y-%m-%d %H:%M:%S ", lt) + zone

@@ -183,7 +183,8 @@ class CallFileChannel:
             if old is not None:
                 since = self.reactor.seconds()
             self._state = (state, since)
-        bits = [f"{self.handed_over} call files handed over since start"]
+        n = self.handed_over
+        bits = [f"{n} call file{'' if n == 1 else 's'} handed over since start"]
         if waiting:
             bits.append(f"{waiting} not yet taken by Asterisk")
         if self.last_error:

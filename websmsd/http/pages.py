@@ -16,6 +16,7 @@ import time
 from hashlib import sha256
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
+from websmsd.text import local_time
 from websmsd.message import CANCELLED, FAILED, IN, QUEUED, SENDING, SENT
 
 
@@ -76,17 +77,8 @@ def template(name: str) -> str:
     return text
 
 
-def _zone(t: float) -> str:
-    """The time zone of `t` as the page shows it: "UTC", else the offset ("+0100"), which
-    unlike a name ("CET", "IST") cannot be read two ways."""
-    lt = time.localtime(t)
-    return "UTC" if not lt.tm_gmtoff else time.strftime("%z", lt)
-
-
 def _clock(t: Optional[float]) -> str:
-    if t is None:
-        return ""
-    return time.strftime("%Y-%m-%d %H:%M:%S ", time.localtime(t)) + _zone(t)
+    return "" if t is None else local_time(t)
 
 
 def _iso(t: Optional[float]) -> str:

@@ -7,7 +7,6 @@ achieved in the metrics, which this channel's status row reads.
 
 from __future__ import annotations
 
-import time
 from typing import Any, List
 
 from websmsd.channel import ChannelState, route_name
@@ -15,12 +14,13 @@ from websmsd.config.websms import OutboundInterface
 from websmsd.itsp.request import safe_url
 from websmsd.message import Message
 from websmsd.metrics import Metrics
+from websmsd.text import local_time
 
 KIND = "itsp"
 
 
 def _clock(t: float) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(t))
+    return local_time(t)
 
 
 class ITSPSink:
