@@ -189,6 +189,13 @@ def read(section: Optional[IniSection], context: _Context) -> YeastarSettings:
         for key, why in _REQUIRED.items():
             if key not in reads:
                 label = f"{key}[{name}]" if name else key
+                indexed = settings[key].indexed if key in settings else None
+                if indexed:
+                    # PHP ini: `key[x] = ...` after `key = ...` replaces the plain value.
+                    other = next(iter(indexed))
+                    why += (f"; once one port has its own {key} ({key} [{other}] = ...), a"
+                            f" plain {key} = ... no longer counts (PHP ini replaces it): give"
+                            f" every port its own, as {label} = ...")
                 raise context.error(names.get(name, section.line), label,
                                     f"missing: {why}{_of(name)}")
         reads_of[name] = reads

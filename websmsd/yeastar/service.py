@@ -654,11 +654,16 @@ class YeastarChannel(service.MultiService):
         return [row for link in self.links for row in link.rows(waiting)]
 
 
-def build(wiring: Any, settings: YeastarSettings) -> YeastarChannel:
-    """Routes, sessions, USSD and status rows of every [yeastar] port."""
+def build(wiring: Any, settings: YeastarSettings, *,
+          connect: Optional[Callable[[str, int, float], Any]] = None,
+          webcgi_endpoint: Optional[Callable[[YeastarPort], Any]] = None) -> YeastarChannel:
+    """Routes, sessions, USSD and status rows of every [yeastar] port.  `connect(host,
+    port, timeout)` and `webcgi_endpoint(port settings)` replace the TCP endpoints
+    (tests)."""
     channel = YeastarChannel(wiring.reactor, settings, accept=wiring.accept,
                              dispatcher=wiring.dispatcher, metrics=wiring.metrics,
-                             store=wiring.store)
+                             store=wiring.store, connect=connect,
+                             webcgi_endpoint=webcgi_endpoint)
     for link, state in channel.ports():
         p = state.settings
         # One send at a time per port, and at most one per min_interval (Yeastar: 10 s).
