@@ -144,6 +144,26 @@ def test_missing_session_keys_and_a_short_interval():
     assert [(p.name, p.port) for p in one.channels["yeastar"].interfaces] == [("", 4)]
 
 
+def test_the_readme_examples_load_without_warnings():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("### Yeastar TG gateways"):text.index("## Any provider")]
+    examples = re.findall(r"```ini\n(.*?)```", section, re.DOTALL)
+    assert len(examples) == 2 and examples[0] == EXAMPLE
+    for example in examples:
+        settings = conf(example)
+        assert settings.warnings == () and len(settings.channels["yeastar"].interfaces) == 2
+    assert [p.host for p in conf(examples[1]).channels["yeastar"].interfaces] == [
+        "192.168.5.150", "192.168.5.151"]
+    # Every key is documented in the table.
+    from websmsd.config import yeastar
+
+    for key in yeastar.KEYS:
+        assert f"`{key}`" in section, key
+
+
 def test_interface_names_are_unique_across_sections():
     with pytest.raises(ConfigError, match="interface name 'tg1' is used in"):
         conf("[websms]\nurl_host [tg1] = https://api.example.com\n" + EXAMPLE)
