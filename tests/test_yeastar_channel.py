@@ -623,6 +623,9 @@ def test_status_0_fails_the_message(world):
     conn.say(update_event(ident, 0))
     got = world.message(m)
     assert got.status == "failed" and "Status 0" in got.reason
+    row = {r.name: r for r in fired(world.board.collect())}["tg1"]
+    assert row.state == "failing" and row.info["failed"] == 1
+    assert "failed: the TG reports it not sent" in row.detail
 
 
 def test_an_error_output_fails_at_once(world):
@@ -687,8 +690,9 @@ def test_a_late_result_still_counts(world):
 
 def test_one_sms_per_ten_seconds_per_port(world):
     conn = world.login(spans=SPANS.replace("Undetected SIM Card", "Up"))
-    first, second = world.queue(body="one"), world.queue(body="two")
-    third = world.queue(body="three", route="yeastar:tg2")
+    world.queue(body="one")
+    world.queue(body="two")
+    world.queue(body="three", route="yeastar:tg2")
     got = {}
     for a in conn.others():
         words = a["command"].split(" ")
@@ -729,8 +733,25 @@ def test_nothing_is_sent_while_logged_out(world):
     world.reactor.advance(5)
     got = world.message(m)
     assert got.status == "queued" and got.attempts == 0
+    row = {r.name: r for r in fired(world.board.collect())}["tg1"]
+    assert row.info["waiting"] == 1 and "1 waiting" in row.detail
     conn2 = world.login()
     a, *_ = send_command(conn2)
+
+
+def test_a_send_waiting_at_shutdown_is_recorded(tmp_path):
+    w = World(tmp_path)
+    conn = w.login()
+    m = w.queue()
+    a, *_ = send_command(conn)
+    conn.follows(a, "")
+    stopped = w.parent.stopService()
+    w.reactor.advance(2)
+    conn.lose()
+    fired(stopped)
+    got = w.message(m)
+    assert got.status == "queued" and got.attempts == 1
+    assert got.reason == "websmsd stopped before the TG gave the result: it may have been sent"
 
 
 def test_a_number_the_tg_cannot_take_fails_for_good(world):

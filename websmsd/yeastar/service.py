@@ -24,7 +24,7 @@ Every port sends at most one SMS per `min_interval` (Yeastar's limit: 10 s).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.application import service
@@ -153,21 +153,11 @@ class TGLink(service.MultiService):
                             tls=p.http_tls,
                             endpoint=endpoint_for(p) if endpoint_for is not None else None)
 
-    def port_for_route(self, route: str) -> Optional[PortState]:
-        return next((s for s in self.ports.values() if s.route == route), None)
-
     # -- the session ---------------------------------------------------------------------
 
     @property
     def logged_in(self) -> bool:
         return self.ami.logged_in
-
-    @property
-    def problem(self) -> Optional[str]:
-        """Why the session is not logged in, or None when it is."""
-        if self.ami.logged_in:
-            return None
-        return f"TG {self.label}: {self.ami.state}"
 
     def _on_state(self, kind: str, detail: str) -> None:
         if kind == LOGGED_IN:
