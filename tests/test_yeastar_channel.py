@@ -205,6 +205,20 @@ def test_parse_ident_takes_only_ours():
         ym.send_ident("bad id!", 1, 1, 1)
 
 
+def test_the_reassembler_says_which_parts_it_holds():
+    r = tg.Reassembler(60)
+    first = tg.parse_received({"GsmSpan": "2", "Sender": "+7", "ID": "1", "Index": "1",
+                               "Total": "2", "Content": "a"})
+    again = tg.parse_received({"GsmSpan": "2", "Sender": "+7", "ID": "1", "Index": "1",
+                               "Total": "2", "Content": "a"})
+    second = tg.parse_received({"GsmSpan": "2", "Sender": "+7", "ID": "1", "Index": "2",
+                                "Total": "2", "Content": "b"})
+    assert r.add(first, 0) == [] and r.holds(first)
+    assert r.add(again, 1) == [] and not r.holds(again) and r.holds(first)  # a copy: ignored
+    [sms] = r.add(second, 2)
+    assert sms.text == "ab" and not r.holds(first) and not r.holds(second)
+
+
 def test_sender_made_safe_for_a_call_file():
     assert ym.safe_sender("+79991234567") == "+79991234567"
     assert ym.safe_sender("My Bank") == "My Bank"
@@ -536,7 +550,35 @@ def test_a_message_missing_a_part_is_kept_marked_incomplete(world):
     assert world.metrics.counter("yeastar_incomplete") == {"yeastar:tg1": 1}
 
 
-def test_parts_pending_at_shutdown_are_kept(tmp_path):
+def test_parts_waiting_survive_a_restart(tmp_path):
+    w = World(tmp_path)
+    conn = w.login()
+    conn.say(received_event(2, "+79161112233", "first half, ", ident="9", index=1, total=2))
+    conn.say(received_event(2, "+79161112233", "Другое ", ident="5", index=1, total=2,
+                            recvtime="2025-03-06 06:00:00"))
+    # The daemon dies (no stop at all): the waiting parts are in the store already.
+    w2 = World(tmp_path)
+    try:
+        w2.reactor.advance(5)
+        conn2 = w2.login()
+        conn2.say(received_event(2, "+79161112233", "second half", ident="9", index=2, total=2))
+        assert [r[2] for r in w2.inbound()] == ["first half, second half"]
+        # The other message's rest never comes: what came is kept, marked, once.
+        w2.reactor.advance(300)
+        assert [r[2] for r in w2.inbound()][1] == (
+            "Другое \n[incomplete SMS: part 2 of 2 never arrived]")
+    finally:
+        w2.parent.stopService()
+    w3 = World(tmp_path)  # nothing waits any more: nothing comes back
+    try:
+        w3.reactor.advance(400)
+        assert len(w3.inbound()) == 2
+        assert w3.link.reassembler.next_expiry() is None
+    finally:
+        w3.parent.stopService()
+
+
+def test_parts_waiting_at_a_stop_go_on_waiting(tmp_path):
     w = World(tmp_path)
     conn = w.login()
     conn.say(received_event(2, "+79161112233", "half", ident="9", index=1, total=2))
@@ -544,8 +586,14 @@ def test_parts_pending_at_shutdown_are_kept(tmp_path):
     w.reactor.advance(2)  # no Goodbye to the Logoff
     conn.lose()
     fired(stopped)
-    [(_, _, body, *_)] = w.inbound()
-    assert body == "half\n[incomplete SMS: part 2 of 2 never arrived]"
+    assert w.inbound() == []
+    w2 = World(tmp_path)
+    try:
+        conn2 = w2.login()
+        conn2.say(received_event(2, "+79161112233", " and half", ident="9", index=2, total=2))
+        assert [r[2] for r in w2.inbound()] == ["half and half"]
+    finally:
+        w2.parent.stopService()
 
 
 def test_an_sms_on_a_port_no_interface_names_is_not_lost(world):

@@ -23,6 +23,7 @@ Every port sends at most one SMS per `min_interval` (Yeastar's limit: 10 s).
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -129,7 +130,14 @@ class TGLink(service.MultiService):
         self.ami.setServiceParent(self)
         self.ami.subscribe(self._received, "ReceivedSMS")
         self.ami.subscribe(self._send_update, "UpdateSMSSend")
-        self.reassembler = tg.Reassembler(first.reassembly_timeout)
+        # Bounded well below the store's comfort: the waiting parts are written to it.
+        self.reassembler = tg.Reassembler(first.reassembly_timeout, max_groups=64,
+                                          max_chars=100_000)
+        # The parts waiting for the rest of their message, as they came, with when: kept
+        # in the store (channel state) so that a restart loses none (the TG never sends
+        # an SMS again).  Reassembler key -> [(time, fields)].
+        self._parts: Dict[Tuple[Any, ...], List[Tuple[float, list]]] = {}
+        self._state_name = f"{KIND}:{first.host.lower()}:{first.ami_port}:parts"
         self._expiry: Any = None
         self._waits: Dict[str, _Wait] = {}
         self._drops = 0
@@ -186,6 +194,25 @@ class TGLink(service.MultiService):
             if self.dispatcher is not None:
                 self.dispatcher.set_down(state.route, reason)
 
+    def startService(self) -> None:
+        # The AMI session starts once the parts kept at the last stop are back in the
+        # reassembler, so that a part arriving now finds its earlier ones.
+        service.Service.startService(self)
+        if self.store is None:
+            self._start_session()
+            return
+        d = self.store.state(self._state_name)
+        d.addCallback(self._restore)
+        d.addErrback(lambda f: log.failure("TG {tg}: waiting SMS parts not read back", f,
+                                           tg=self.label))
+        d.addBoth(lambda _: self._start_session())
+
+    def _start_session(self) -> None:
+        if self.running:
+            for child in self:
+                if not child.running:
+                    child.startService()
+
     def stopService(self) -> defer.Deferred:
         self._stop_status()
         for timer in (self._expiry, self._commit_retry):
@@ -196,9 +223,10 @@ class TGLink(service.MultiService):
         for ident, wait in list(self._waits.items()):
             self._finish(ident, Outcome.failed(
                 "websmsd stopped before the TG gave the result: it may have been sent"))
-        # What arrived of a message whose other parts did not: the TG will not send them
-        # again, so keep it now (marked incomplete) rather than lose it.
-        pending = self.reassembler.flush()
+        # What arrived of a message whose other parts did not is in the store already
+        # (channel state), and goes on waiting after a restart.  Without a store, keep it
+        # now (marked incomplete) rather than lose it.
+        pending = self.reassembler.flush() if self.store is None else []
         if pending or self._unsaved:
             messages = self._unsaved + [self._message(sms) for sms in pending]
             self._unsaved = []
@@ -261,15 +289,66 @@ class TGLink(service.MultiService):
             log.warn("TG {tg}: {bad}", tg=self.label, bad=str(part))
             self._count("yeastar_bad_events", "ReceivedSMS")
             return
-        now = self.reactor.seconds()
-        done = self.reassembler.add(part, now)
+        done = self._take(part, [list(pair) for pair in packet.fields], self.reactor.seconds())
         if part.total > 1:
             log.debug("TG {tg}: part {index}/{total} of SMS id {ident} from {sender} on span"
                       " {span}", tg=self.label, index=part.index, total=part.total,
                       ident=part.ident, sender=part.sender, span=part.span)
         self._plan_expiry()
+        self._settle(done, part.total > 1)
+
+    def _take(self, part: tg.ReceivedPart, fields: list, at: float) -> List[tg.ReceivedSMS]:
+        """Give `part` to the reassembler and keep track of the parts that wait."""
+        done = self.reassembler.add(part, at)
+        for sms in done:
+            self._parts.pop((sms.span, sms.sender, sms.ident, sms.total), None)
+        if self.reassembler.holds(part):
+            self._parts.setdefault((part.span, part.sender, part.ident, part.total),
+                                   []).append((at, fields))
+        return done
+
+    def _settle(self, done: List[tg.ReceivedSMS], parts_changed: bool) -> None:
+        """Commit the messages `done` (then the parts still waiting), or only the parts."""
         if done:
             self._save([self._message(sms) for sms in done])
+        elif parts_changed:
+            self._persist()
+
+    def _persist(self) -> None:
+        """Write the waiting parts to the store.  Not while received messages wait for a
+        commit: the parts kept there until then are their only durable copy."""
+        if self.store is None or self._unsaved:
+            return
+        entries = [[at, fields] for waiting in self._parts.values() for at, fields in waiting]
+        d = self.store.add([], state=(self._state_name, json.dumps(entries)))
+        d.addErrback(lambda f: log.failure("TG {tg}: waiting SMS parts not written", f,
+                                           tg=self.label))
+
+    def _restore(self, value: Optional[str]) -> None:
+        if not value:
+            return
+        try:
+            entries = json.loads(value)
+        except ValueError:
+            log.error("TG {tg}: the waiting SMS parts in the store are unreadable; ignored",
+                      tg=self.label)
+            return
+        done: List[tg.ReceivedSMS] = []
+        for entry in entries if isinstance(entries, list) else []:
+            try:
+                at, fields = float(entry[0]), [(str(n), str(v)) for n, v in entry[1]]
+            except (TypeError, ValueError, IndexError):
+                continue
+            part = tg.parse_received(fields)
+            if isinstance(part, tg.ReceivedPart) and part.total > 1:
+                done += self._take(part, [list(f) for f in fields], at)
+        done += self.reassembler.expire(self.reactor.seconds())
+        for sms in done:
+            self._parts.pop((sms.span, sms.sender, sms.ident, sms.total), None)
+        log.info("TG {tg}: {n} SMS part(s) waiting for the rest of their message since before"
+                 " the restart", tg=self.label, n=sum(len(p) for p in self._parts.values()))
+        self._plan_expiry()
+        self._settle(done, True)
 
     def _plan_expiry(self) -> None:
         when = self.reassembler.next_expiry()
@@ -285,9 +364,10 @@ class TGLink(service.MultiService):
     def _expire(self) -> None:
         self._expiry = None
         done = self.reassembler.expire(self.reactor.seconds())
+        for sms in done:
+            self._parts.pop((sms.span, sms.sender, sms.ident, sms.total), None)
         self._plan_expiry()
-        if done:
-            self._save([self._message(sms) for sms in done])
+        self._settle(done, bool(done))
 
     def _message(self, sms: tg.ReceivedSMS) -> Message:
         try:
@@ -322,6 +402,8 @@ class TGLink(service.MultiService):
 
         def saved(new: List[bool]) -> None:
             self._commit_delay = RETRY_COMMIT[0]
+            if not final:
+                self._persist()
             for m, fresh in zip(messages, new):
                 state = next((s for s in self.ports.values() if s.route == m.source), None)
                 if fresh and state is not None:
