@@ -460,6 +460,16 @@ def test_routes_wait_for_the_login_then_come_up(world):
     assert world.dispatcher.is_down("yeastar:tg2") is None
 
 
+def test_a_port_the_tg_does_not_have_is_down(tmp_path):
+    w = World(tmp_path, EXAMPLE + "port [tg9] = 9\nnumber [tg9] = +79991234569\n")
+    try:
+        w.login()
+        assert w.dispatcher.is_down("yeastar:tg9") == "the TG has no port 9 (its ports: 1, 2, 3, 4)"
+        assert w.dispatcher.is_down("yeastar:tg1") is None
+    finally:
+        w.parent.stopService()
+
+
 def test_the_keepalive_is_gsm_show_spans_and_a_silent_tg_is_dropped(world):
     conn = world.login()
     world.reactor.advance(30)

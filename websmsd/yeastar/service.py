@@ -76,8 +76,12 @@ class PortState:
     last_result_at: Optional[float] = None
     webcgi: Any = None  # WebCGIClient, for transport = http
 
+    missing: Optional[str] = None  # the TG lists spans, but not this port's
+
     @property
     def span_problem(self) -> Optional[str]:
+        if self.missing:
+            return self.missing
         s = self.span_status
         if s is None or s.up:
             return None
@@ -262,6 +266,11 @@ class TGLink(service.MultiService):
         spans = {s.span: s for s in tg.parse_spans(output)}
         for state in self.ports.values():
             status = spans.get(state.settings.span)
+            state.missing = None
+            if status is None and spans:
+                state.missing = (f"the TG has no port {state.settings.port} (its ports:"
+                                 f" {', '.join(str(n - tg.SPAN_OFFSET) for n in sorted(spans))})")
+                state.span_status = None
             if status is not None:
                 if state.span_status is None or status.status != state.span_status.status:
                     log.info("TG {tg} port {port} (span {span}): {status}", tg=self.label,
