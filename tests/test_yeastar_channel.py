@@ -642,6 +642,25 @@ def test_a_commit_that_fails_is_offered_again(tmp_path):
     w.parent.stopService()
 
 
+def test_a_message_the_store_refused_is_offered_again_at_the_stop(tmp_path):
+    refused = []
+
+    def accept(messages):
+        if not refused:
+            refused.append(messages)
+            return defer.fail(OSError("disk full"))
+        for m in messages:
+            m.route = "callfile"
+        return w.store.add(messages)
+
+    w = World(tmp_path, accept=accept)
+    conn = w.login()
+    conn.say(received_event(2, "+79161112233", "keep me"))
+    assert w.inbound() == []
+    w.parent.stopService()  # before the retry's timer
+    assert [r[2] for r in w.inbound()] == ["keep me"]
+
+
 # ======================================================================= sending
 
 

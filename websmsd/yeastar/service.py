@@ -222,20 +222,23 @@ class TGLink(service.MultiService):
         for timer in (self._expiry, self._commit_retry):
             if timer is not None and timer.active():
                 timer.cancel()
-        d = defer.maybeDeferred(super().stopService)
+        # Everything below reaches the store now, in this turn: the store stops with us
+        # and closes once what was submitted before its close is committed.
         # Sends still waiting for their result: the record says what is known.
-        for ident, wait in list(self._waits.items()):
+        for ident in list(self._waits):
             self._finish(ident, Outcome.failed(
                 "websmsd stopped before the TG gave the result: it may have been sent"))
         # What arrived of a message whose other parts did not is in the store already
         # (channel state), and goes on waiting after a restart.  Without a store, keep it
         # now (marked incomplete) rather than lose it.
         pending = self.reassembler.flush() if self.store is None else []
+        saved = defer.succeed(None)
         if pending or self._unsaved:
             messages = self._unsaved + [self._message(sms) for sms in pending]
             self._unsaved = []
-            d.addCallback(lambda _: self._save(messages, final=True))
-        return d
+            saved = self._save(messages, final=True)
+        d = defer.maybeDeferred(super().stopService)
+        return defer.gatherResults([d, saved])
 
     # -- status ----------------------------------------------------------------------------
 
