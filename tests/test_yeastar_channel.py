@@ -139,6 +139,10 @@ def test_missing_session_keys_and_a_short_interval():
     assert settings.channels["yeastar"].interfaces[0].min_interval == 2.0
     assert settings.warnings == ("websms.conf:12: min_interval[tg1]: 2 s: Yeastar asks for at"
                                  " most one SMS per 10 s per port",)
+    plain = conf(EXAMPLE + "min_interval = 0\n")
+    assert plain.warnings == ("websms.conf:12: min_interval: 0 s: Yeastar asks for at most one"
+                              " SMS per 10 s per port",)
+    assert {p.min_interval for p in plain.channels["yeastar"].interfaces} == {0.0}
     # A single port needs no index: the interface is unnamed, its route is "yeastar".
     one = conf("[yeastar]\nhost = 10.0.0.1\nusername = u\nsecret = s\nport = 4\nnumber = +1555\n")
     assert [(p.name, p.port) for p in one.channels["yeastar"].interfaces] == [("", 4)]

@@ -201,11 +201,10 @@ def read(section: Optional[IniSection], context: _Context) -> YeastarSettings:
         reads_of[name] = reads
         ports.append(YeastarPort(name=name, **{k: r.value for k, r in reads.items()}))
     _check_gateways(ports, reads_of, context)
-    for p in ports:
-        if 0 < p.min_interval < YEASTAR_INTERVAL or p.min_interval == 0:
-            r = reads_of[p.name]["min_interval"]
-            context.warn(r.line, r.label, f"{p.min_interval:g} s: Yeastar asks for at most one"
-                         f" SMS per {YEASTAR_INTERVAL:g} s per port")
+    short = {reads_of[p.name]["min_interval"] for p in ports if p.min_interval < YEASTAR_INTERVAL}
+    for r in sorted(short, key=lambda r: r.line):  # a plain value: one notice, not one per port
+        context.warn(r.line, r.label, f"{r.value:g} s: Yeastar asks for at most one SMS per"
+                     f" {YEASTAR_INTERVAL:g} s per port")
     return YeastarSettings(tuple(ports))
 
 
