@@ -27,6 +27,7 @@ PURE_PREFIXES = (
     "websmsd.itsp.response", "websmsd.itsp.body", "websmsd.itsp.fields",
     "websmsd.itsp.inbound", "websmsd.itsp.signatures", "websmsd.itsp.presets",
     "websmsd.goip.udp", "websmsd.goip.web", "websmsd.goip.outcome", "websmsd.yeastar.tg",
+    "websmsd.yeastar.messages",
     "websmsd.smpp.pdu", "websmsd.android.answer", "websmsd.ami.protocol",
     "websmsd.android.smssync", "websmsd.android.medic", "websmsd.android.basicauth",
 )

@@ -24,7 +24,9 @@ log = Logger()
 # The channels beyond the ITSPs and call files: a configured section's package builds
 # its routes, sources and services with `build(wiring, section_settings)`.  Imported
 # only when configured (a Raspberry Pi's memory).
-CHANNELS: Dict[str, str] = {}
+CHANNELS: Dict[str, str] = {
+    "yeastar": "websmsd.yeastar.service",
+}
 
 
 @dataclass

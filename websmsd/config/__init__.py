@@ -30,6 +30,7 @@ from websmsd.config import phones as _phones
 from websmsd.config import route as _route
 from websmsd.config import websms as _websms
 from websmsd.config import websmsd as _websmsd
+from websmsd.config import yeastar as _yeastar
 from websmsd.config.astqueue import AstQueueSettings
 from websmsd.config.daemon import DaemonSettings
 from websmsd.config.ini import ConfigError, parse_ini
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 # The channel sections: each is an interface kind of its own (goip:sim1, ...).
-CHANNEL_SECTIONS: Tuple[Any, ...] = ()
+CHANNEL_SECTIONS: Tuple[Any, ...] = (_yeastar,)
 
 # Every section websms.conf may have, by name: each module has its KEYS and a read().
 SECTIONS = {

@@ -464,6 +464,13 @@ class Reassembler:
             del self._done[key]
         return [self._drop(g, complete=False) for g in sorted(old, key=lambda g: g.first_seen)]
 
+    def holds(self, part: ReceivedPart) -> bool:
+        """Whether `part` itself waits in a group now (taken, not ignored as a copy, and
+        its message not yet handed out): what a caller that keeps the waiting parts
+        elsewhere (to survive a restart) must keep."""
+        group = self._groups.get((part.span, part.sender, part.ident, part.total))
+        return group is not None and group.parts.get(part.index) is part
+
     def next_expiry(self) -> Optional[float]:
         """When the next `expire` call can hand something out (None: nothing pending)."""
         if not self._groups:
