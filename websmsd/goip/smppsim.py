@@ -234,7 +234,7 @@ class SMPPSim(service.Service):
             delay = self._throttle_delay
             self._throttle_delay = min(delay * 2, THROTTLE_MAX)
             self._hold_until = max(self._hold_until, now + delay)
-            self.counts["throttled"] += 1
+            self._count("throttled")
             log.info("GoIP {route}: the GoIP answered {status}; sending again in {delay} s",
                      route=self.route, status=name, delay=delay)
             return Outcome.later(delay, f"the GoIP answered {name}{part}; slowing down",
@@ -264,7 +264,7 @@ class SMPPSim(service.Service):
         if key in self._unsaved.keys:
             return self._commit_soon()  # a copy of what a failed commit holds
         if self.inbound.is_resend(key, connection, now):
-            self.counts["resends"] += 1
+            self._count("resends")
             log.info("GoIP {route}: deliver_sm resent after a reconnect; answered, not"
                      " delivered again", route=self.route)
             return defer.succeed(None)
@@ -283,7 +283,7 @@ class SMPPSim(service.Service):
     def _assembled(self, a: sms.Assembled) -> Message:
         sender = str(a.key[0]) if isinstance(a.key, tuple) and a.key else ""
         if not a.complete:
-            self.counts["incomplete"] += 1
+            self._count("incomplete")
             log.warn("GoIP {route}: long SMS from {sender} delivered incomplete: parts"
                      " {missing} of {total} never came", route=self.route,
                      sender=self.info.inbound(sender, "").sender,
@@ -335,7 +335,7 @@ class SMPPSim(service.Service):
     def _committed(self, _: Any, commit: _Commit, now: float) -> None:
         self._committing = None
         self.inbound.remember(commit.keys, now)
-        self.counts["received"] += len(commit.messages)
+        self._count("received", len(commit.messages))
         for m in commit.messages:
             log.info("GoIP {route}: SMS from {sender} stored as {id}", route=self.route,
                      sender=m.sender, id=m.id)
@@ -345,7 +345,7 @@ class SMPPSim(service.Service):
 
     def _commit_failed(self, failure: Any, commit: _Commit) -> None:
         self._committing = None
-        self.counts["commit_failures"] += 1
+        self._count("commit_failures")
         log.failure("GoIP {route}: storing inbound SMS failed; the SMSC is told to resend",
                     failure, route=self.route)
         # Back in front of what came since: the next commit carries them, and a resend
@@ -389,14 +389,19 @@ class SMPPSim(service.Service):
         d = self.store.report(ids, [self.route], status, detail)
 
         def reported(message_id: Optional[str]) -> None:
-            self.counts["receipts"] += 1
+            self._count("receipts")
             if message_id is None:
-                self.counts["receipts_unmatched"] += 1
+                self._count("receipts_unmatched")
                 log.info("GoIP {route}: receipt for id {id} matches no message sent here",
                          route=self.route, id=ids[0])
             self._count_report(status if message_id is not None else "unknown")
 
         return d.addCallback(reported)
+
+    def _count(self, event: str, n: int = 1) -> None:
+        # Also in /metrics: websmsd_goip_<event>_total{event="goip:sim1"}.
+        self.counts[event] += n
+        self.metrics.count(f"goip_{event}", self.route, n)
 
     def _count_report(self, status: str) -> None:
         if self.reports is not None:
