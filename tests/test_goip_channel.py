@@ -29,6 +29,8 @@ from websmsd.routing import router_for
 from websmsd.smpp import pdu as P
 from websmsd.store import Store
 
+from conftest import fired
+
 EXAMPLE = """\
 [goip]
 smpp_host        = 192.168.1.190
@@ -191,6 +193,9 @@ def test_udp_listen_forms():
         assert s.channels["goip"].udp_address == expected
     assert conf("[goip]\nudp_listen = none\nsmpp_host = h\npassword = p\nchannel [a] = 1\n"
                 ).channels["goip"].udp_address is None
+    unused = conf("[goip]\nudp_listen = 9991\nsmpp_host = h\npassword = p\nchannel [a] = 1\n")
+    assert any("websms.conf:2: udp_listen: no SIM has transport = udp" in w
+               for w in unused.warnings)
 
 
 def test_check_config_shows_the_sims_and_masks_every_password():
@@ -447,11 +452,11 @@ def test_throttled_slows_the_sim_down_without_spending_attempts(h):
     results, (submit,) = h.sent(h.out())
     h.feed(P.PDU("submit_sm_resp", submit.sequence, P.ESME_RTHROTTLED))
     assert results[0].retry_in == 1.0 and results[0].code == P.ESME_RTHROTTLED
-    # while held, nothing is submitted
+    # while held, a send waits for the hold to end
     results, submits = h.sent(h.out())
-    assert submits == [] and results[0].retry_in == pytest.approx(1.0)
+    assert submits == [] and results == []
     h.clock.advance(1)
-    results, (submit,) = h.sent(h.out())
+    (submit,) = take(h.endpoint.tr)
     h.feed(P.PDU("submit_sm_resp", submit.sequence, P.ESME_RMSGQFUL))
     assert results[0].retry_in == 2.0  # doubled
     h.clock.advance(2)
@@ -797,3 +802,44 @@ def test_a_web_sim_shows_down_from_the_route_and_sends_on_its_line():
     record.down, record.down_since = out[0].reason, 12.0
     row = sim.status()
     assert row.state == "down" and "GSM logout" in row.detail and row.since == 12.0
+
+
+# -- build(): what the daemon gets ------------------------------------------------------------
+
+
+def test_build_adds_a_route_a_row_and_ussd_per_sim(tmp_path):
+    from twisted.application import service
+    from twisted.internet.testing import MemoryReactorClock
+
+    from websmsd.dispatch import Dispatcher
+    from websmsd.goip.service import build
+    from websmsd.http.board import ChannelBoard
+    from websmsd.service import Wiring
+
+    settings = conf(EXAMPLE.replace("udp_listen       = 44444", "udp_listen = 127.0.0.1:9991")
+                    + "transport [sim3] = http\nchannel [sim3] = 3\nnumber [sim3] = +4670123\n"
+                    "channel [sim4] = 4\nhttp_url [sim4] = \"\"\nwindow [sim4] = 5\n")
+    reactor = MemoryReactorClock()
+    store = Store(str(tmp_path / "s.sqlite3"), reactor, run_inline=True)
+    store.open()
+    dispatcher = Dispatcher(store, reactor)
+    board = ChannelBoard()
+    parent = service.MultiService()
+    wiring = Wiring(reactor, parent, settings, store, dispatcher, board, Metrics(), None,
+                    lambda messages, state=None: store.add(messages, state=state), 0.0)
+    build(wiring, settings.channels["goip"])
+    routes = dispatcher.routes
+    assert sorted(routes) == ["goip:sim1", "goip:sim2", "goip:sim3", "goip:sim4"]
+    assert (routes["goip:sim1"].concurrency, routes["goip:sim4"].concurrency) == (1, 5)
+    # not bound, not registered yet: paused; the web line is up until a send finds it down
+    assert routes["goip:sim1"].down and "not bound yet" in routes["goip:sim1"].down
+    assert "has not registered" in routes["goip:sim2"].down and routes["goip:sim3"].down is None
+    # USSD: the UDP line, and the web API for the others that have an http_url
+    assert sorted(wiring.ussd) == ["sim1", "sim2", "sim3"]
+    rows = fired(board.collect())
+    assert [(r.name, r.kind) for r in rows] == [
+        ("sim1", "goip"), ("sim2", "goip"), ("sim3", "goip"), ("sim4", "goip"),
+        ("udp 127.0.0.1:9991", "goip")]
+    assert [s.name for s in parent] == ["goip udp 127.0.0.1:9991", "goip goip:sim1 smpp",
+                                        "goip goip:sim4 smpp"]
+    store.close()

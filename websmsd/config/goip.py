@@ -169,8 +169,10 @@ def _word(what: str, limit: int) -> Any:
     return read
 
 
-def _http_url(text: str, note: Note) -> str:
+def _http_url(text: str, note: Note) -> Optional[str]:
     text = _single_line(text).strip()
+    if not text:
+        return None  # `http_url [sim4] = ""`: this SIM has no web API (no USSD)
     match = re.fullmatch(r"(https?)://([^/?#@\s]+)(/[^?#\s]*)?", text, re.IGNORECASE)
     if not match:
         raise ValueError(f"{text!r} is not an http:// or https:// URL of the GoIP"
@@ -315,6 +317,9 @@ def read(section: IniSection, context: _Context) -> GoIPSettings:
     for sim in sims:
         _check_sim(sim, where, first_line.get(sim.name, section.line), result, context)
     _check_unique(sims, where, first_line, section.line, context)
+    if result.udp_listen is not None and not any(s.transport == "udp" for s in sims):
+        line = settings["udp_listen"].plain.line
+        context.warn(line, "udp_listen", "no SIM has transport = udp: nothing listens there")
     return result
 
 

@@ -108,7 +108,10 @@ class _UDPListener(service.MultiService):
 
     def check(self) -> None:
         for sim in self.sims.values():
-            sim.check()
+            try:
+                sim.check()
+            except Exception:  # the timer must go on for the other lines
+                log.failure("GoIP {route}: checking the line failed", route=sim.route)
 
     def status(self) -> ChannelState:
         totals = dict(self.server.totals)
