@@ -843,3 +843,17 @@ def test_build_adds_a_route_a_row_and_ussd_per_sim(tmp_path):
     assert [s.name for s in parent] == ["goip udp 127.0.0.1:9991", "goip goip:sim1 smpp",
                                         "goip goip:sim4 smpp"]
     store.close()
+
+
+def test_resend_detection_can_be_turned_off(tmp_path):
+    h = Harness(tmp_path, resend_window=0.0).start()
+    h.deliver(1, short_message=b"same")
+    h.answers()
+    h.endpoint.tr.drop()
+    h.clock.advance(5)
+    h.accept_bind()
+    h.deliver(1, short_message=b"same")
+    h.answers()
+    assert len(h.inbound()) == 2
+    assert conf("[goip]\nsmpp_host = h\npassword = p\nchannel [a] = 1\nresend_window = 0\n"
+                ).channels["goip"].interfaces[0].resend_window == 0.0

@@ -271,7 +271,7 @@ KEYS = _keys(
     _Key("reconnect_max", _duration),
     _Key("bind_failed_delay", _duration),
     _Key("parts_timeout", _duration),
-    _Key("resend_window", _duration),
+    _Key("resend_window", _non_negative_duration),
     _Key("send_interval", _non_negative_duration),
     _Key("http_url", _http_url),
     _Key("http_user", _word("http_user", 64)),

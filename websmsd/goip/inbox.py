@@ -76,7 +76,7 @@ class InboundLog:
         if seen is None:
             return False
         when, where = seen
-        return where != connection and 0 <= now - when <= self.window
+        return self.window > 0 and where != connection and 0 <= now - when <= self.window
 
     def remember(self, keys: Mapping[str, str], now: float) -> None:
         """`keys` (content key -> connection) were committed at `now`."""
