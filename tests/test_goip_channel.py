@@ -23,7 +23,7 @@ from websmsd.goip.linesim import UDPSim, WebSim
 from websmsd.goip.outcome import SendOutcome
 from websmsd.goip.sim import SimInfo, outcome_of, sender_from
 from websmsd.goip.smppsim import SMPPSim
-from websmsd.message import DELIVERED, FAILED, IN, OUT, SENT, Message
+from websmsd.message import DELIVERED, FAILED, OUT, SENT, Message
 from websmsd.metrics import Metrics
 from websmsd.routing import router_for
 from websmsd.smpp import pdu as P

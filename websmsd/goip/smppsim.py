@@ -99,7 +99,6 @@ class SMPPSim(service.Service):
         self._committing: Optional[_Commit] = None
         self._retry: Any = None
         self._expiry: Any = None
-        self._started = False
         # Throttling: no submit before hold_until; the next wait doubles.
         self._hold_until = 0.0
         self._throttle_delay = THROTTLE_FIRST
@@ -130,7 +129,6 @@ class SMPPSim(service.Service):
 
     def _start_bind(self) -> None:
         if self.running and not self.bind.running:
-            self._started = True
             self.bind.startService()
 
     def stopService(self) -> Any:
