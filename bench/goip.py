@@ -155,6 +155,8 @@ def deliveries(node: str, root: Path, n: int) -> None:
         span = (max(got) - t_start) if got else 0.0
         print(f"deliver_sm -> call file, a burst of {n}: {len(got)}/{n} call files in "
               f"{span:.3f} s = {len(got) / span if span else 0:,.0f}/s; {lat_line(lat)}")
+        print("   (the SMSC reads a burst of commands in one go and writes their deliver_sm"
+              " together: these latencies are mostly its own queue)")
         files = sum(1 for e in os.scandir(d.outgoing) if e.name.endswith(".call"))
         if files != len(found):
             print(f"   {files - len(found)} texts were written twice")
