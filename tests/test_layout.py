@@ -26,8 +26,8 @@ PURE_PREFIXES = (
     "websmsd.smpp.receipt", "websmsd.itsp.phpcompat", "websmsd.itsp.request",
     "websmsd.itsp.response", "websmsd.itsp.body", "websmsd.itsp.fields",
     "websmsd.itsp.inbound", "websmsd.itsp.signatures", "websmsd.itsp.presets",
-    "websmsd.goip.udp", "websmsd.goip.web", "websmsd.goip.outcome", "websmsd.yeastar.tg",
-    "websmsd.yeastar.messages",
+    "websmsd.goip.udp", "websmsd.goip.web", "websmsd.goip.outcome", "websmsd.goip.inbox",
+    "websmsd.goip.sim", "websmsd.yeastar.tg", "websmsd.yeastar.messages",
     "websmsd.smpp.pdu", "websmsd.android.answer", "websmsd.ami.protocol",
     "websmsd.android.smssync", "websmsd.android.medic", "websmsd.android.basicauth",
 )

@@ -26,6 +26,7 @@ log = Logger()
 # only when configured (a Raspberry Pi's memory).
 CHANNELS: Dict[str, str] = {
     "yeastar": "websmsd.yeastar.service",
+    "goip": "websmsd.goip.service",
 }
 
 
@@ -41,7 +42,9 @@ class Wiring:
     board: Any  # register the channel's status rows
     metrics: Any
     webhook: Any  # the webhook listener's root: mount(path, resource)
-    accept: Callable[[list], Any]  # inbound messages: routed to the PBX, stored (Deferred)
+    # inbound messages: routed to the PBX, stored (Deferred); accept(messages, state=(name,
+    # value)) stores what the channel remembers in the same transaction.
+    accept: Callable[..., Any]
     started: float
     # ussd[interface name] = send(code) -> Deferred[reply text], for /api/ussd.
     ussd: Dict[str, Callable[[str], Any]] = field(default_factory=dict)
@@ -207,10 +210,11 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
                     phone_numbers=settings.phones.numbers())
 
     # Webhooks: every path no channel mounts goes to the ITSP webhook.
-    def accept(messages: list) -> defer.Deferred:
+    def accept(messages: list, state: Any = None) -> defer.Deferred:
+        # state: (name, value) a channel keeps with these messages, in their transaction.
         for m in messages:
             m.route = router.inbound(m.recipient)
-        return store.add(messages)
+        return store.add(messages, state=state)
 
     def report(provider_id: str, status: str, detail: Any, interface: str = "") -> Any:
         # A report about a message sent through the [websms] interface of that name; a

@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from websmsd.config import astqueue as _astqueue
 from websmsd.config import daemon as _daemon
+from websmsd.config import goip as _goip
 from websmsd.config import phones as _phones
 from websmsd.config import route as _route
 from websmsd.config import websms as _websms
@@ -49,7 +50,7 @@ __all__ = [
 ]
 
 # The channel sections: each is an interface kind of its own (goip:sim1, ...).
-CHANNEL_SECTIONS: Tuple[Any, ...] = (_yeastar,)
+CHANNEL_SECTIONS: Tuple[Any, ...] = (_goip, _yeastar)
 
 # Every section websms.conf may have, by name: each module has its KEYS and a read().
 SECTIONS = {

@@ -60,6 +60,9 @@ class IniKey:
     plain: Optional[IniValue] = None
     indexed: Optional[Dict[str, IniValue]] = None  # in PHP array order
     index_lines: Dict[str, int] = field(default_factory=dict)  # where each index began
+    # The plain value a later `key[i] = ...` replaced (PHP drops it): a section that
+    # reads a plain value as every interface's default ([goip]) still has it.
+    replaced: Optional[IniValue] = None
 
     @property
     def line(self) -> int:
@@ -230,7 +233,8 @@ class _IniReader:
         entry = keys.get(name)
         if entry is None or entry.indexed is None:
             # `key[i] = b` after `key = a` starts a new array: the plain value is gone.
-            entry = keys[name] = IniKey(name, indexed={})
+            entry = keys[name] = IniKey(name, indexed={},
+                                        replaced=entry.plain if entry is not None else None)
         if index == "":
             index = _next_php_index(entry.indexed)
         entry.index_lines.setdefault(index, value.line)
