@@ -13,6 +13,12 @@ setup(
     license="MIT",
     python_requires=">=3.11",
     packages=find_packages(include=["websmsd", "websmsd.*"]) + ["twisted.plugins"],
+    # Says what the default already is, and that is the point: with every package under
+    # the root, `pip install -e .` (PEP 660, setuptools >= 64) puts the source tree on
+    # sys.path in a .pth file, so twistd finds twisted/plugins/websmsd_plugin.py, instead
+    # of an import hook that serves websmsd.* and twisted.plugins by name but hides the
+    # dropin from Twisted's scan of sys.path for twisted/plugins/ directories.
+    package_dir={"": "."},
     package_data={
         "websmsd": ["schema/*.sql"],
         "twisted": ["plugins/websmsd_plugin.py"],

@@ -1445,3 +1445,19 @@ def test_phones_section():
     assert [p.notify for p in phones.interfaces] == ["all", "none", "none"]
     with pytest.raises(ConfigError, match="websms.conf:2: notify\\[x\\]"):
         loads("[phones]\nnotify [x] = sometimes\n[astqueue]\n", "websms.conf")
+
+
+def test_every_bad_cidr_of_a_line_in_one_message():
+    # Item 8 of issue 12: a line with two bad CIDRs named only the first.
+    error = refused("[websmsd]\nremt_addr = 10.0.0.0/33, 192.0.2.1, example.com,,300.1.1.1\n",
+                    2, "remt_addr")
+    assert error.message.endswith(
+        "'10.0.0.0/33', 'example.com' and '300.1.1.1' are not IP addresses or CIDRs;"
+        " an empty entry in the comma list"
+    ), str(error)
+    error = refused("[websmsd]\nprox_addr = 10.0.0.0/8, fe80::zz, 10.1.0.0/16/1\n", 2, "prox_addr",
+                    "'fe80::zz' and '10.1.0.0/16/1' are not IP addresses or CIDRs")
+    assert "'10.0.0.0/8'" not in error.message
+    # One bad entry reads as before.
+    refused("[websmsd]\nremt_addr [a] = 192.0.2.1, nonsense\n", 2, "remt_addr[a]",
+            "'nonsense' is not an IP address or CIDR")

@@ -950,7 +950,10 @@ def test_client_log_events_format_and_hide_the_answer(events):
     assert not fired(client.send(iface(url_host="http://itsp.test", auth_method="none"), "1", "2", "x")).ok
     texts = [formatEvent(e) for e in events if e.get("log_namespace") == "websmsd.itsp"]
     assert texts[0] == "interface '' http://itsp.test/v1/sms/send/: sent, HTTP 200 in 0 ms"
-    assert texts[1].startswith("interface '' http://itsp.test/v1/sms/send/: not sent, will retry after 0 ms: HTTP 500")
+    assert texts[1].startswith(
+        "interface '' http://itsp.test/v1/sms/send/: not sent, to be retried: HTTP 500"
+    )
+    assert texts[1].endswith(" (the request took 0 ms)")
     assert "Unable to format" not in "".join(texts)
 
 
@@ -1100,6 +1103,36 @@ def test_one_pool_per_trust_configuration(tmp_path):
     fired(client.close())
 
 
+def test_pool_connections_log_no_factory_lines():
+    # Item 8 of issue 12: every send logged "Starting factory" and "Stopping factory".
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.logger import formatEvent, globalLogPublisher
+    from twisted.web.client import HTTPConnectionPool
+
+    client = ITSPClient(MemoryReactorClock())
+    client.client_for(iface())
+    [(_, pool)] = client._clients.values()
+    assert issubclass(pool._factory, HTTPConnectionPool._factory)
+    assert pool._factory.noisy is False
+    assert HTTPConnectionPool._factory.noisy is True  # the class itself is untouched
+    texts = []
+    observer = lambda event: texts.append(formatEvent(event))  # noqa: E731
+    globalLogPublisher.addObserver(observer)
+    try:
+        # What the pool does for each new connection.
+        factory = pool._factory(lambda protocol: None, "itsp.test:443")
+        factory.doStart()
+        factory.doStop()
+        loud = HTTPConnectionPool._factory(lambda protocol: None, "itsp.test:443")
+        loud.doStart()
+        loud.doStop()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    # The unquieted factory logs, and only it: the capture works and the quiet one is quiet.
+    assert [t.split(" ")[0] for t in texts if "factory" in t] == ["Starting", "Stopping"]
+    fired(client.close())
+
+
 # ---------------------------------------------------------------------------------------
 # Real sockets, real reactor, in a child process
 # ---------------------------------------------------------------------------------------
@@ -1162,6 +1195,13 @@ def test_loopback_tls_wrong_host_refused_even_with_tls_ca(loopback):
     assert "not valid for that name" in reason
 
 
+def test_loopback_sends_log_no_factory_lines(loopback):
+    # Sends over plain HTTP and TLS, new connections and kept-alive ones, and the pools
+    # closed at the end: not one "Starting factory" / "Stopping factory".
+    assert loopback["factory_lines"]["client"] == []
+    assert loopback["factory_lines"]["other"] > 0
+
+
 def test_loopback_connection_refused(loopback):
     ok, permanent, status, reason = loopback["refused"]
     assert (ok, permanent, status) == (False, False, None)
@@ -1216,8 +1256,24 @@ def _loopback_main(directory):  # pragma: no cover - runs in the child process
     def tuple_of(outcome):
         return [outcome.ok, outcome.permanent, outcome.code, outcome.reason]
 
+    from twisted.logger import formatEvent, globalLogPublisher
+    from twisted.web.client import HTTPConnectionPool
+
+    factory_lines = {"client": [], "other": 0}
+
+    def observe_factories(event):
+        text = formatEvent(event)
+        if "Starting factory" in text or "Stopping factory" in text:
+            # The listening test servers' factories log too (they show the capture works).
+            if isinstance(event.get("factory"), HTTPConnectionPool._factory):
+                factory_lines["client"].append(text)
+            else:
+                factory_lines["other"] += 1
+
+    globalLogPublisher.addObserver(observe_factories)
+
     async def main():
-        results = {}
+        results = {"factory_lines": factory_lines}
         client = ITSPClient(reactor, timeout=10.0)
 
         raw_factory = protocol.Factory.forProtocol(RawITSP)

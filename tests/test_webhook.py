@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 import pytest
 from twisted.internet import defer
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -804,13 +805,16 @@ def test_content_length_over_limit_refused_before_the_body(events):
     assert resp.header("connection") == "close"
     assert resp.header("content-type") == "text/plain; charset=utf-8"
     assert resp.body == b"request body of 20000000 bytes is larger than the limit of 1000\n"
-    assert conn.transport.disconnecting
-    # Whatever the client still sends is dropped, never buffered or answered.
+    # Whatever the client still sends is dropped, never buffered or answered; the
+    # connection closes after a bounded drain (so that the client reads the answer).
+    assert not conn.transport.disconnecting
     for _ in range(10):
         conn.send(b"To=1&From=2&" * 1000)
     [request] = hook.requests
     assert request.content.tell() == 0
     assert conn.transport.value() == b""
+    hook.clock.advance(conn.channel.drain_seconds)
+    assert conn.transport.disconnecting
     assert hook.store.calls == []
     assert hook.resource.refusals["too_large"] == 1
     [refusal] = hook.resource.recent_refusals
@@ -838,13 +842,138 @@ def test_chunked_body_over_limit_cut_off():
     conn.send(b"200\r\n" + b"b" * 0x200 + b"\r\n")
     resp = conn.response()
     assert resp.status == 413 and resp.header("connection") == "close"
-    assert conn.transport.disconnecting
     [request] = hook.requests
     assert request.content.tell() <= 1000
     conn.send(b"200\r\n" + b"c" * 0x200 + b"\r\n0\r\n\r\n")
     assert conn.transport.value() == b""
     assert hook.store.calls == []
     assert hook.resource.refusals["too_large"] == 1
+    assert not conn.transport.disconnecting
+    conn.send(b"x" * conn.channel.drain_bytes)
+    assert conn.transport.disconnecting
+
+
+class RecordingSocket(StringTransport, FileDescriptor):
+    """A StringTransport that passes for a socket of the reactor's (so the channel
+    half-closes it) and records, in order, what was written and how it was closed."""
+
+    def __init__(self, *args, **kw):
+        StringTransport.__init__(self, *args, **kw)
+        self.events = []
+
+    def write(self, data):
+        self.events.append(("write", data))
+        StringTransport.write(self, data)
+
+    def loseWriteConnection(self):
+        self.events.append(("half-close",))
+
+    def loseConnection(self):
+        self.events.append(("close",))
+        StringTransport.loseConnection(self)
+
+
+def socket_conn(hook, **channel_attrs):
+    conn = Conn.__new__(Conn)
+    conn.transport = RecordingSocket(
+        hostAddress=IPv4Address("TCP", "192.0.2.1", 8080), peerAddress=PEER
+    )
+    conn.channel = hook.site.buildProtocol(PEER)
+    for name, value in channel_attrs.items():
+        setattr(conn.channel, name, value)
+    conn.channel.makeConnection(conn.transport)
+    return conn
+
+
+def unparsed(channel):
+    """What the channel holds of the client's bytes, not yet handed to a request."""
+    return channel.clearLineBuffer() + b"".join(channel._dataBuffer)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_oversize_answer_written_then_drained_then_closed(chunked):
+    # Item 6 of issue 12: closing at once, with the client's upload unread in the socket,
+    # made the kernel send a reset that could destroy the 413 before curl read it.
+    hook = Hook(max_body=1000)
+    conn = socket_conn(hook, drain_bytes=200_000)
+    head = (
+        b"POST / HTTP/1.1\r\nHost: pbx\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+    )
+    if chunked:
+        conn.send(head + b"Transfer-Encoding: chunked\r\n\r\n" + b"400\r\n" + b"a" * 0x400)
+    else:
+        conn.send(head + b"Content-Length: 3000000\r\n\r\n" + b"a" * 1000)
+    events = conn.transport.events
+    assert [e[0] for e in events] == ["write", "half-close"]
+    resp, rest = parse_response(events[0][1])
+    assert (resp.status, rest) == (413, b"")
+    assert resp.header("connection") == "close"
+    # The rest of the upload is read and thrown away: nothing buffered, parsed or
+    # answered, and no close while the client is still within the bounds.
+    [request] = hook.requests
+    for _ in range(19):
+        conn.send(b"b" * 10_000)
+        assert unparsed(conn.channel) == b""
+    assert request.content.tell() == 0 if not chunked else request.content.tell() <= 1000
+    assert [e[0] for e in events] == ["write", "half-close"]
+    assert conn.transport.producerState == "producing"
+    assert hook.store.calls == [] and hook.resource.refusals["too_large"] == 1
+    # Past drain_bytes: closed, the timer with it.
+    conn.send(b"b" * 10_000)
+    assert [e[0] for e in events] == ["write", "half-close", "close"]
+    conn.send(b"b" * 10_000)
+    assert [e[0] for e in events] == ["write", "half-close", "close"]
+    conn.lose()
+    assert hook.clock.getDelayedCalls() == []
+
+
+def test_oversize_drain_is_bounded_in_time_and_ends_with_the_client():
+    hook = Hook(max_body=1000)
+    conn = socket_conn(hook)
+    conn.send(http_request(body=b"x" * 1001)[:-500])
+    events = conn.transport.events
+    assert [e[0] for e in events] == ["write", "half-close"]
+    hook.clock.advance(conn.channel.drain_seconds - 0.1)
+    conn.send(b"x" * 500)  # the rest of the body, then the client stalls
+    assert [e[0] for e in events] == ["write", "half-close"]
+    hook.clock.advance(0.1)
+    assert [e[0] for e in events] == ["write", "half-close", "close"]
+    # A client that reads the answer and closes ends the drain at once.
+    conn = socket_conn(hook)
+    conn.send(http_request(body=b"x" * 5000))
+    assert hook.clock.getDelayedCalls() != []
+    conn.lose()
+    assert hook.clock.getDelayedCalls() == []
+    assert [e[0] for e in conn.transport.events] == ["write", "half-close"]
+
+
+def test_oversize_refusal_with_pipelined_bytes_in_the_same_read():
+    # The refusal comes in the middle of one read; the parser goes on with the rest of
+    # it (a whole chunked body and 64 kB more): none of it may stay buffered, and the
+    # channel must not have paused reading (that would stall the drain).
+    hook = Hook(max_body=1000)
+    conn = socket_conn(hook)
+    conn.send(
+        b"POST / HTTP/1.1\r\nHost: pbx\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"800\r\n" + b"a" * 0x800 + b"\r\n0\r\n\r\n" + b"GET / HTTP/1.1\r\n" * 4096
+    )
+    assert [e[0] for e in conn.transport.events] == ["write", "half-close"]
+    assert unparsed(conn.channel) == b""
+    assert conn.transport.producerState == "producing"
+    assert hook.store.calls == []
+
+
+def test_oversize_over_a_wrapping_transport_is_not_half_closed():
+    # A TLS connection is a wrapper around the socket: half-closing the socket under
+    # it would cut TLS off, so the drain there only reads and closes.
+    hook = Hook(max_body=1000)
+    conn = hook.connect()
+    conn.transport.loseWriteConnection = lambda: pytest.fail("half-closed a wrapper")
+    conn.send(http_request(body=b"x" * 5000))
+    assert conn.response().status == 413
+    assert not conn.transport.disconnecting
+    conn.send(b"x" * conn.channel.drain_bytes)
+    assert conn.transport.disconnecting
 
 
 def test_chunked_body_under_limit_and_exact_limit():
@@ -1173,19 +1302,26 @@ def test_curl_json_and_echo(live):
 
 
 def test_curl_oversize_bodies(live):
+    # 3 MB, as a provider (or a misconfigured one) may send: the client is still
+    # uploading when the answer comes, and must read the 413 rather than a broken pipe
+    # (the server drains what follows instead of closing on unread data, which would
+    # make the kernel answer with a reset).
     curl, stored = live
-    big = b"To=1&From=2&Body=" + b"a" * 200000
-    # curl sends "Expect: 100-continue" for a large body: refused without a 100.
-    out = curl("--data-binary", "@-", data=big)
-    assert b"100 Continue" not in out
-    resp, _ = parse_response(out)
-    assert resp.status == 413 and resp.header("connection") == "close"
-    # Without Expect the body follows at once; the answer is still a 413.
-    out = curl("-H", "Expect:", "--data-binary", "@-", data=big)
-    assert parse_response(out)[0].status == 413
-    # A chunked body is cut off once it passes the limit.
-    out = curl("-H", "Transfer-Encoding: chunked", "-H", "Expect:", "--data-binary", "@-", data=big)
-    assert parse_response(out)[0].status == 413
+    big = b"To=1&From=2&Body=" + b"a" * (3 * 1024 * 1024)
+    for _ in range(3):
+        # curl sends "Expect: 100-continue" for a large body: refused without a 100.
+        out = curl("--data-binary", "@-", data=big)
+        assert b"100 Continue" not in out
+        resp, _ = parse_response(out)
+        assert resp.status == 413 and resp.header("connection") == "close"
+        # Without Expect the body follows at once; the answer is still a 413.
+        out = curl("-H", "Expect:", "--data-binary", "@-", data=big)
+        assert parse_response(out)[0].status == 413
+        # A chunked body is cut off once it passes the limit.
+        out = curl(
+            "-H", "Transfer-Encoding: chunked", "-H", "Expect:", "--data-binary", "@-", data=big
+        )
+        assert parse_response(out)[0].status == 413
     assert "'1', '2'" not in stored.read_text()
 
 

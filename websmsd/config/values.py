@@ -286,18 +286,30 @@ def _val_unicode(text: str, note: Note) -> Optional[str]:
 
 
 def _networks(text: str, note: Note) -> Tuple[Network, ...]:
-    networks = []
+    # Every bad entry in one message: fixing them one start at a time costs a restart each.
+    networks, bad, empty = [], [], False
     for entry in text.split(","):
         entry = entry.strip()
         if not entry:
-            raise ValueError("an empty entry in the comma list")
+            empty = True
+            continue
         try:
             network = ipaddress.ip_network(entry, strict=False)
         except ValueError:
-            raise ValueError(f"{entry!r} is not an IP address or CIDR") from None
+            bad.append(repr(entry))
+            continue
         if ipaddress.ip_address(entry.partition("/")[0]) != network.network_address:
             note(f"{entry} has host bits set; read as {network}")
         networks.append(network)
+    problems = []
+    if len(bad) == 1:
+        problems.append(f"{bad[0]} is not an IP address or CIDR")
+    elif bad:
+        problems.append(f"{', '.join(bad[:-1])} and {bad[-1]} are not IP addresses or CIDRs")
+    if empty:
+        problems.append("an empty entry in the comma list")
+    if problems:
+        raise ValueError("; ".join(problems))
     return tuple(networks)
 
 

@@ -88,7 +88,8 @@ class WebhookRequest(Request):
     twisted.web buffers any request body in full (in memory or a temporary file)
     before a resource sees it.  Here a Content-Length above `max_body` is answered 413
     as soon as the headers are in, and a chunked body is cut off once it exceeds it;
-    either way the connection is closed and nothing is rendered.  The body is kept in
+    either way nothing is rendered and the connection is closed, after a bounded
+    drain of what the client is still sending (ExplainingHTTPChannel.drain_and_close).  The body is kept in
     memory (it is capped), and form bodies are not pre-parsed into `args`: the resource
     reads them itself.
     """
@@ -171,7 +172,11 @@ class WebhookRequest(Request):
                 ]
             )
         )
-        channel.loseConnection()
+        drain = getattr(channel, "drain_and_close", None)
+        if drain is not None:
+            drain()
+        else:
+            channel.loseConnection()
         if self._on_refusal is not None:
             path = getattr(channel, "_path", b"") or b""
             try:
@@ -219,9 +224,70 @@ def _no_access_log(request) -> None:
 
 class ExplainingHTTPChannel(HTTPChannel):
     """twisted.web's HTTP/1.1 channel, but a request it cannot even frame (a bad request
-    line, bad headers, an impossible length) is answered with a reason, not a bare 400."""
+    line, bad headers, an impossible length) is answered with a reason, not a bare 400,
+    and an answer given while the client is still uploading (413) reaches the client."""
 
     _host = None
+    # After an early answer (413) read and discard at most this much of what the client
+    # still sends, for at most this long, then close.
+    drain_bytes = 8 * 1024 * 1024
+    drain_seconds = 5.0
+    _drain_left: Optional[int] = None
+    _drain_timer = None
+
+    def drain_and_close(self) -> None:
+        """Close after an answer the client may not be reading yet, without losing it.
+
+        Closing a socket with unread data in its receive buffer makes the kernel send a
+        reset, and a reset may discard the answer at the client before it reads it (curl
+        then reports a broken pipe or a reset instead of the 413).  So, as RFC 9112 9.6
+        advises: half-close where the transport can (the client reads the answer and an
+        end of file), keep reading and discard whatever arrives without parsing or
+        buffering it, and close when the client closes, or after `drain_bytes` or
+        `drain_seconds`, whichever comes first.
+        """
+        if self._drain_left is not None:
+            return
+        self._drain_left = self.drain_bytes
+        self.setTimeout(None)
+        self._drain_timer = self.callLater(self.drain_seconds, self._drain_done)
+        from twisted.internet.abstract import FileDescriptor
+
+        # Only a socket of our own: through a TLS wrapper the call would reach the TCP
+        # connection underneath and end it without a TLS close.
+        if isinstance(self.transport, FileDescriptor):
+            self.transport.loseWriteConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._drain_left is None:
+            super().dataReceived(data)
+            if self._drain_left is not None:
+                # Refused in the middle of `data`: the parser went on with the rest (the
+                # request dropped the body) and may have kept what followed it, or
+                # paused reading to hold it; neither is wanted while draining.
+                self.clearLineBuffer()
+                self._dataBuffer = []
+                if self._drain_left > 0:
+                    self._networkProducer.resumeProducing()
+            return
+        if self._drain_left <= 0:
+            return  # closing already
+        self._drain_left -= len(data)
+        if self._drain_left <= 0:
+            self._drain_done()
+
+    def _drain_done(self) -> None:
+        timer, self._drain_timer = self._drain_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._drain_left = 0
+        self.loseConnection()
+
+    def connectionLost(self, reason) -> None:
+        timer, self._drain_timer = self._drain_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        super().connectionLost(reason)
 
     def getHost(self):
         # Every Request asks for it, and a TCP transport answers with a getsockname()

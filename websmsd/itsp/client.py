@@ -7,6 +7,7 @@ are not followed, and the whole exchange is bounded by `timeout` seconds.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -118,6 +119,15 @@ def _describe_error(exc: BaseException, url: str) -> str:
     return f"request to {where} failed ({type(last).__name__}: {excerpt(str(last), limit=80)})"
 
 
+@functools.lru_cache(maxsize=None)
+def _quiet_factory(factory_class: type) -> type:
+    """`factory_class` (the pool's factory for each new connection) without its
+    "Starting factory" / "Stopping factory" lines: two log lines per connection to an
+    ITSP, of no use to anyone.  HTTPConnectionPool makes its factories from its
+    `_factory` attribute in Twisted 22.4 and 26 alike."""
+    return type("Quiet" + factory_class.__name__.lstrip("_"), (factory_class,), {"noisy": False})
+
+
 class ITSPClient:
     """Sends SMS to ITSP HTTP APIs with treq.
 
@@ -170,6 +180,7 @@ class ITSPClient:
             from twisted.web.client import Agent, HTTPConnectionPool
 
             pool = HTTPConnectionPool(self._reactor, persistent=True)
+            pool._factory = _quiet_factory(pool._factory)
             agent = Agent(self._reactor, contextFactory=self.policy_for(iface), pool=pool)
             # The PHP kept no cookies between requests; neither do we.
             jar = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
@@ -230,9 +241,12 @@ class ITSPClient:
                     "interface {iface!r} {url}: sent, HTTP {status} in {elapsed_ms} ms", **fields
                 )
         else:
+            # The time is the request's: when to try again is the dispatcher's retry
+            # policy, unknown here ("will retry after 2 ms" read as a retry delay).
             self._log.warn(
-                "interface {iface!r} {url}: {verdict} after {elapsed_ms} ms: {reason}",
-                verdict="failed for good" if outcome.permanent else "not sent, will retry",
+                "interface {iface!r} {url}: {verdict}: {reason} (the request took"
+                " {elapsed_ms} ms)",
+                verdict="failed for good" if outcome.permanent else "not sent, to be retried",
                 reason=outcome.reason,
                 **fields,
             )
