@@ -23,7 +23,11 @@ log = Logger()
 # The channels beyond the ITSPs and call files: a configured section's package builds
 # its routes, sources and services with `build(wiring, section_settings)`.  Imported
 # only when configured (a Raspberry Pi's memory).
-CHANNELS: Dict[str, str] = {}
+CHANNELS: Dict[str, str] = {
+    "smssync": "websmsd.android.service",
+    "smsgateway": "websmsd.android.service",
+    "smsgate": "websmsd.android.service",
+}
 
 
 @dataclass
@@ -38,7 +42,9 @@ class Wiring:
     board: Any  # register the channel's status rows
     metrics: Any
     webhook: Any  # the webhook listener's root: mount(path, resource)
-    accept: Callable[[list], Any]  # inbound messages: routed to the PBX, stored (Deferred)
+    # Inbound messages: routed to the PBX and stored (a Deferred of one bool each: new);
+    # `state=(name, value)` is committed with them (a channel's read position).
+    accept: Callable[..., Any]
     started: float
     # ussd[interface name] = send(code) -> Deferred[reply text], for /api/ussd.
     ussd: Dict[str, Callable[[str], Any]] = field(default_factory=dict)
@@ -161,10 +167,10 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
                     phone_numbers=settings.phones.numbers())
 
     # Webhooks: every path no channel mounts goes to the ITSP webhook.
-    def accept(messages: list) -> defer.Deferred:
+    def accept(messages: list, state: Any = None) -> defer.Deferred:
         for m in messages:
             m.route = router.inbound(m.recipient)
-        return store.add(messages)
+        return store.add(messages, state=state)
 
     def report(provider_id: str, status: str, detail: Any, interface: str = "") -> Any:
         # A report about a message sent through the [websms] interface of that name; a
