@@ -98,7 +98,7 @@ def read(section: Optional[IniSection], context: _Context) -> SMSGateSettings:
         "url": "the app's local server, e.g. http://192.168.1.50:8080",
         "password": "the password the app shows under Local Server",
         "number": "the phone's own number, the To of every SMS it receives",
-    })
+    }, paired=False)
     return SMSGateSettings(tuple(phone for phone, _ in phones))
 
 

@@ -102,12 +102,12 @@ def _label(key: str, name: str) -> str:
 
 
 def read_phones(section: IniSection, context: _Context, keys: Mapping[str, _Key], target: type,
-                kind: str, required: Mapping[str, str]) -> tuple:
+                kind: str, required: Mapping[str, str], paired: bool = True) -> tuple:
     """One `target` per phone (the [index] names its keys use; none: one phone named "").
 
     `required`: key -> why it is needed, refused with the line where the phone begins.
     A `url_path` not given is /<kind>/<name>; two phones of the section may not share one.
-    A `user` needs a `password` and the reverse.  Returns (phone, line where it begins)."""
+    With `paired`, a `user` needs a `password` and the reverse.  Returns (phone, line where it begins)."""
     settings = _read_section(section, context, keys)
     names: Dict[str, int] = _interface_names(settings)
     if not names:
@@ -123,27 +123,26 @@ def read_phones(section: IniSection, context: _Context, keys: Mapping[str, _Key]
             if not values.get(key):
                 raise context.error(line, _label(key, name), f"is required: {why}")
 
-        def where(key: str) -> int:
+        def where(key: str) -> Tuple[int, str]:
             read = settings[key].for_interface(name) if key in settings else None
-            return read.line if read is not None else line
+            return (read.line, read.label) if read is not None else (line, _label(key, name))
 
-        if "user" in fields and bool(values.get("user")) != bool(values.get("password")):
+        if paired and bool(values.get("user")) != bool(values.get("password")):
             missing = "password" if values.get("user") else "user"
             given = "user" if missing == "password" else "password"
-            raise context.error(where(given), _label(given, name),
-                                f"needs {missing} too (Basic auth takes both)")
+            raise context.error(*where(given), f"needs {missing} too (Basic auth takes both)")
         if "url_path" in fields:
             path = values.get("url_path") or (f"/{kind}/{name}" if name else f"/{kind}")
             values["url_path"] = path
             if path in paths:
                 other, other_line = paths[path]
-                raise context.error(where("url_path"), _label("url_path", name),
+                raise context.error(*where("url_path"),
                                     f"{path} is also the path of {other!r} (line {other_line}):"
                                     " each phone needs its own")
-            paths[path] = (name, where("url_path"))
+            paths[path] = (name, where("url_path")[0])
         number = values.get("number") or ()
         if number and not compact_number(number[0]).lstrip("+"):
-            raise context.error(where("number"), _label("number", name), "is not a phone number")
+            raise context.error(*where("number"), "is not a phone number")
         phones.append((target(name=name, **values), line))
     return tuple(phones)
 

@@ -1,0 +1,665 @@
+"""The Android channel layer (websmsd.android.service and the modules it wires), in-process.
+
+Config: the issue's websms.conf loads as written; errors name file:line.  Then each
+phone app against the real resources, the real dispatcher and an inline store on a
+task.Clock: the requests are the apps' own (tests/phonepeers.py: SMSsyncPhone,
+MedicPhone, written from the notes on the apps' code), put byte for byte into the
+daemon's own HTTP site (make_site, its request class and limits) over a StringTransport,
+and the apps' own logic judges the answers.  SMS Gateway for Android is FakeSMSGate
+behind treq's StubTreq.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from typing import Any, List, Optional
+
+import pytest
+from twisted.application.service import MultiService
+from twisted.internet import defer, error as net_error, task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+
+import phonepeers
+from conftest import fired
+from phonepeers import FakeSMSGate, MedicPhone, Reply, SMSsyncPhone, WireRequest
+from websmsd.android import service as android_service
+from websmsd.android import smsgate as g
+from websmsd.android.presence import parse_user_agent, safe_sender
+from websmsd.android.smsgate_channel import SMSGateChannel
+from websmsd.config import ConfigError, load, loads, report
+from websmsd.dispatch import Dispatcher, RetryPolicy
+from websmsd.http.board import ChannelBoard
+from websmsd.http.site import WebhookRoot, make_site
+from websmsd.message import CANCELLED, DELIVERED, FAILED, IN, OUT, QUEUED, SENDING, SENT, Message
+from websmsd.metrics import Metrics
+from websmsd.service import Wiring
+from websmsd.store import Store, StoreError
+
+T0 = 1_775_000_000.0
+POLICY = RetryPolicy(base=30, max_delay=300, max_attempts=4, max_age=86400)
+
+EXAMPLE = """\
+[smssync]
+url_path [phone1] = /smssync/phone1   ; the Sync URL path, on the webhook listener
+secret   [phone1] = s3cr3t
+number   [phone1] = +254700000001     ; the phone's own number: MESSAGE(to) of its SMS
+
+[smsgateway]
+url_path [phone2] = /smsgateway/phone2
+user     [phone2] = gw
+password [phone2] = pa$s
+number   [phone2] = +254700000002
+
+[smsgate]                             ; SMS Gateway for Android, local server mode
+url      [phone3] = http://192.168.1.50:8080
+user     [phone3] = sms
+password [phone3] = secret
+number   [phone3] = +254700000003
+poll     [phone3] = 5                 ; seconds
+"""
+
+
+# --------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------
+
+
+def test_the_issues_example_loads_as_written(tmp_path):
+    path = tmp_path / "websms.conf"
+    path.write_text(EXAMPLE)
+    settings = load(path)
+    [p1] = settings.channels["smssync"].interfaces
+    assert (p1.name, p1.url_path, p1.secret, p1.number, p1.own_number) == (
+        "phone1", "/smssync/phone1", "s3cr3t", ("+254700000001",), "+254700000001")
+    assert (p1.poll, p1.results_api, p1.instant_reply, p1.user) == (300.0, False, False, None)
+    [p2] = settings.channels["smsgateway"].interfaces
+    assert (p2.url_path, p2.user, p2.password, p2.number, p2.poll) == (
+        "/smsgateway/phone2", "gw", "pa$s", ("+254700000002",), 60.0)
+    [p3] = settings.channels["smsgate"].interfaces
+    assert (p3.url, p3.user, p3.password, p3.number, p3.poll, p3.timeout) == (
+        "http://192.168.1.50:8080", "sms", "secret", ("+254700000003",), 5.0, 30.0)
+    assert (p3.sim, p3.delivery_report, p3.skip_validation) == (None, True, False)
+    # Each phone is an interface WEBSMS_INDEX can name, owning its number for replies.
+    assert [i for i in settings.interfaces() if i[1] != "itsp"] == [
+        ("phone1", "smssync", ("+254700000001",), False),
+        ("phone2", "smsgateway", ("+254700000002",), False),
+        ("phone3", "smsgate", ("+254700000003",), False)]
+    text = report(settings)
+    assert "[smssync] interface 'phone1'" in text and "[smsgate] interface 'phone3'" in text
+    for secret in ("s3cr3t", "pa$s", "= secret"):
+        assert secret not in text
+    assert text.count("****") >= 3
+
+
+def test_routes_and_replies_reach_the_phones():
+    from websmsd.routing import router_for
+
+    settings = loads(EXAMPLE + "[route]\ndefault = phone3\n")
+    router = router_for(settings)
+    assert router.outbound("+15550100", "+1555", index="phone1").routes == ("smssync:phone1",)
+    assert router.outbound("+15550100", "+254700000002").routes == (
+        "smsgateway:phone2", "smsgate:phone3")
+    assert router.outbound("+15550100", "+1555").routes == ("smsgate:phone3",)
+
+
+def test_defaults_and_more_keys():
+    settings = loads(
+        "[smssync]\nsecret = x\nnumber [a] = \"+1 (202) 555-0100\"\nnumber [b] = +12025550101\n"
+        "results_api [b] = yes\ninstant_reply [b] = \"yes\"\npoll [b] = 2m\n"
+        "user [b] = u\npassword [b] = p\n"
+        "[smsgate]\nurl = https://phone.lan:8443/\npassword = pw\nnumber = +46701234567\n"
+        "sim = 2\ndelivery_report = no\nskip_validation = yes\ntimeout = 5s\n")
+    a, b = settings.channels["smssync"].interfaces
+    assert (a.url_path, a.own_number, a.secret, a.results_api) == (
+        "/smssync/a", "+12025550100", "x", False)
+    assert (b.url_path, b.results_api, b.instant_reply, b.poll, b.user, b.password) == (
+        "/smssync/b", True, True, 120.0, "u", "p")
+    [c] = settings.channels["smsgate"].interfaces
+    assert (c.name, c.url, c.user, c.sim, c.delivery_report, c.skip_validation, c.timeout) == (
+        "", "https://phone.lan:8443", "sms", 2, False, True, 5.0)
+    assert loads("[smssync]\n").channels["smssync"].interfaces == ()
+
+
+def test_warnings_for_open_urls():
+    settings = loads("[smssync]\nnumber [p] = +1555\n[smsgateway]\nnumber [q] = +1556\n"
+                     "[smsgate]\nurl [r] = http://10.0.0.2\npassword [r] = x\nnumber [r] = +1\n")
+    text = "\n".join(settings.warnings)
+    assert "<string>:2: secret[p]: no secret" in text
+    assert "<string>:4: user[q]: no user and password" in text
+    assert "no port: the app's local server listens on 8080" in text
+
+
+@pytest.mark.parametrize("text,where", [
+    ("[smssync]\nsecret [p] = x\n", "<string>:2: number[p]: is required: the phone's own number"),
+    ("[smssync]\nnumber [p] = +1\nuser [p] = u\n", "<string>:3: user[p]: needs password too"),
+    ("[smsgateway]\nnumber [p] = +1\n\npassword [p] = u\n",
+     "<string>:4: password[p]: needs user too"),
+    ("[smssync]\nnumber [a] = +1\nnumber [b] = +2\nurl_path = /same\n",
+     "<string>:4: url_path: /same is also the path of 'a' (line 4)"),
+    ("[smssync]\nnumber [a] = +1\nurl_path [a] = \"/x?y=1\"\n", "<string>:3: url_path[a]: '/x?y=1': a path only"),
+    ("[smssync]\nnumber [a] = +1\nurl_path [a] = relative\n", "<string>:3: url_path[a]: 'relative' must start with '/'"),
+    ("[smssync]\nnumber [a] = +1\npoll [a] = soon\n", "<string>:3: poll[a]: 'soon' is not a duration"),
+    ("[smssync]\nnumber [a] = +1\nresults_api [a] = maybe\n", "<string>:3: results_api[a]: 'maybe' is not yes or no"),
+    ("[smssync]\nnumber [a] = +1\nsecrets [a] = x\n", "<string>:3: secrets: unknown key in [smssync]; did you mean secret?"),
+    ("[smssync]\nnumber [a] = call me\n", "<string>:2: number[a]: 'call me' is not a phone number"),
+    ("[smsgateway]\nnumber [a] = +1\nuser [a] = a:b\npassword [a] = x\n",
+     "<string>:3: user[a]: a user name here cannot contain"),
+    ("[smsgate]\nnumber [a] = +1\npassword [a] = x\n", "<string>:2: url[a]: is required: the app's local server"),
+    ("[smsgate]\nnumber [a] = +1\nurl [a] = http://10.0.0.2:8080\n", "<string>:2: password[a]: is required"),
+    ("[smsgate]\nurl [a] = ftp://10.0.0.2\n", "<string>:2: url[a]: 'ftp://10.0.0.2' is not http://host:port"),
+    ("[smsgate]\nurl [a] = http://sms:pw@10.0.0.2:8080\n", "<string>:2: url[a]: credentials belong in user"),
+    ("[smsgate]\nurl [a] = http://10.0.0.2:99999\n", "<string>:2: url[a]: '99999' is not a TCP port"),
+    ("[smsgate]\nurl [a] = http://10.0.0.2\nsim [a] = 0\n", "<string>:3: sim[a]: '0' is not a whole number"),
+    ("[smssync]\nnumber [phone1] = +1\n[smsgate]\nurl [phone1] = http://10.0.0.2:1\n",
+     "<string>:4: interface name 'phone1' is used in [smssync] and [smsgate]"),
+])
+def test_config_errors_name_file_line_and_key(text, where):
+    with pytest.raises(ConfigError) as e:
+        loads(text)
+    assert str(e.value).startswith(where), str(e.value)
+
+
+# --------------------------------------------------------------------------------------
+# Pure helpers
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("agent,expected", [
+    ("SMSSync-Android/v3.1.1", ("SMSSync-Android", "3.1.1")),
+    ("Dalvik/2.1.0 (Linux; U; Android 11; Pixel 4 Build/RQ3A.211001.001) "
+     "medic.gateway.alert.generic/1.8.0", ("medic.gateway.alert.generic", "1.8.0")),
+    ("Dalvik/2.1.0 (Linux; U; Android 9)", ("Dalvik", "2.1.0")),
+    (b"okhttp/3.12.1", ("okhttp", "3.12.1")),
+    ("", (None, None)), (None, (None, None)), ("\x00\xff" * 400, (None, None)),
+])
+def test_user_agents(agent, expected):
+    assert parse_user_agent(agent) == expected
+
+
+@pytest.mark.parametrize("raw,safe", [
+    ("+254700000009", "+254700000009"), ("M-PESA", "M-PESA"), ("My Bank", "My Bank"),
+    ("", "unknown"), ("  ", "unknown"), ("+", "unknown"), ("a\nApplication: System", "a_Application_ System"),
+    ("@bank", "bank"), ("+@x", "+x"), ("<sip:x@y>", "sip_x_y_"), ("x" * 99, "x" * 64),
+])
+def test_inbound_senders_are_made_safe_for_call_files(raw, safe):
+    assert safe_sender(raw) == safe
+
+
+# --------------------------------------------------------------------------------------
+# The rig: the daemon's own parts, in-process
+# --------------------------------------------------------------------------------------
+
+
+class Rig:
+    """The parts make_service builds, on a task.Clock with an inline store."""
+
+    def __init__(self, tmp_path, conf: str, policy: RetryPolicy = POLICY):
+        self.clock = task.Clock()
+        self.clock.advance(T0)
+        self.settings = loads(conf + '\n[daemon]\nwebhook_listen = "tcp:8080"\n')
+        self.store = Store(str(tmp_path / "store.sqlite3"), self.clock, run_inline=True)
+        self.store.open()
+        self.metrics = Metrics()
+        self.dispatcher = Dispatcher(self.store, self.clock, policy, self.metrics)
+        self.board = ChannelBoard()
+        self.root = WebhookRoot(_NotHere())
+        self.parent = MultiService()
+        self.accept_fails = False
+        self.accept_hold: Optional[defer.Deferred] = None
+        self.wiring = Wiring(self.clock, self.parent, self.settings, self.store, self.dispatcher,
+                             self.board, self.metrics, self.root, self.accept, self.clock.seconds())
+        self.site = make_site(self.root, 64 * 1024, reactor=self.clock)
+
+    def accept(self, messages: list, state: Any = None) -> defer.Deferred:
+        if self.accept_fails:
+            return defer.fail(StoreError("commit failed: disk I/O error"))
+        for m in messages:
+            m.route = "callfile"
+        if self.accept_hold is not None:
+            held, self.accept_hold = self.accept_hold, None
+            return held.addCallback(lambda _: fired(self.store.add(messages, state=state)))
+        return self.store.add(messages, state=state)
+
+    def build(self, *sections: str) -> "Rig":
+        for name in sections:
+            android_service.build(self.wiring, self.settings.channels[name])
+        self.dispatcher.startService()
+        self.parent.startService()
+        return self
+
+    def stop(self) -> None:
+        self.parent.stopService()
+        self.dispatcher.stopService()
+        self.store.close()
+
+    # -- messages ------------------------------------------------------------------------
+
+    def outbound(self, route: str, to: str = "+254711000001", body: str = "hello from the PBX",
+                 **kw: Any) -> Message:
+        m = Message(OUT, route, recipient=to, sender="+254700000099", body=body,
+                    created=self.clock.seconds(), **kw)
+        fired(self.store.add([m]))
+        return m
+
+    def get(self, message_id: str) -> Message:
+        return fired(self.store.get(message_id))
+
+    def inbound(self) -> List[Message]:
+        rows = self.store._db.execute(
+            "SELECT id FROM messages WHERE direction = 'in' ORDER BY created, id").fetchall()
+        return [self.get(r[0]) for r in rows]
+
+    def attempts(self, message_id: str) -> list:
+        return fired(self.store.reader.attempts(message_id))
+
+    def rows(self) -> dict:
+        return {s.info["route"]: s for s in fired(self.board.collect()) if s.info}
+
+
+class _NotHere(Resource):
+    """The ITSP webhook stand-in: every path no phone owns."""
+
+    isLeaf = True
+
+    def render(self, request):
+        request.setResponseCode(404)
+        return b"no such path\n"
+
+    def refused_early(self, *args):
+        pass
+
+
+def exchange(site, wire: WireRequest, *, keep: Optional[list] = None) -> Optional[Reply]:
+    """Put the phone's request byte for byte into the daemon's HTTP site; its answer, or
+    None when none came (yet).  `keep` gets the (protocol, transport) to finish later."""
+    proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8080))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 40123))
+    proto.makeConnection(transport)
+    head = f"{wire.method} {wire.target} HTTP/1.1\r\n".encode("latin-1")
+    head += b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in wire.headers)
+    proto.dataReceived(head + b"\r\n" + wire.body)
+    if keep is not None:
+        keep.extend([proto, transport])
+    reply = parse_reply(transport.value())
+    if keep is None:
+        proto.connectionLost(Failure(net_error.ConnectionDone()))
+    return reply
+
+
+def parse_reply(raw: bytes) -> Optional[Reply]:
+    if b"\r\n\r\n" not in raw:
+        return None
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = rest[: int(headers.get("content-length", len(rest)))]
+    if headers.get("content-encoding") == "gzip":
+        body = gzip.decompress(body)
+    return Reply(status, headers, body)
+
+
+@pytest.fixture
+def rigs(tmp_path):
+    made = []
+
+    def make(conf: str, *sections: str, policy: RetryPolicy = POLICY, sub: str = "") -> Rig:
+        root = tmp_path / sub if sub else tmp_path
+        root.mkdir(exist_ok=True)
+        rig = Rig(root, conf, policy)
+        made.append(rig)
+        return rig.build(*sections)
+
+    yield make
+    for rig in made:
+        if rig.store.is_open:
+            rig.stop()
+
+
+@pytest.fixture
+def wired(monkeypatch):
+    """Route the phone stand-ins' requests into a rig's site instead of a socket."""
+
+    def wire(rig: Rig) -> None:
+        monkeypatch.setattr(phonepeers, "send", lambda request, timeout=30.0: exchange(rig.site, request))
+
+    return wire
+
+
+SMSSYNC = """\
+[smssync]
+url_path [phone1] = /smssync/phone1
+secret   [phone1] = s3cr3t
+number   [phone1] = +254700000001
+poll     [phone1] = 60
+"""
+URL1 = "http://127.0.0.1:8080/smssync/phone1"
+ROUTE1 = "smssync:phone1"
+
+
+# --------------------------------------------------------------------------------------
+# SMSsync
+# --------------------------------------------------------------------------------------
+
+
+def smssync_rig(rigs, extra: str = "", **kw) -> Rig:
+    return rigs(SMSSYNC + extra, "smssync", **kw)
+
+
+@pytest.mark.parametrize("fmt", ["form", "json", "xml"])
+def test_smssync_received_sms_is_committed_before_the_answer_and_stored_once(rigs, wired, fmt):
+    rig = smssync_rig(rigs)
+    wired(rig)
+    phone = SMSsyncPhone(URL1, "s3cr3t", fmt=fmt, device_id="d1", sent_to="+254700000001")
+    text = "Habari & karibu+ 100% ✓\nline two"
+    assert phone.receive_sms("+254722000111", text, message_id="6f1c2e0a-1111-4a2b-9c3d-000000000001")
+    [m] = rig.inbound()
+    assert (m.direction, m.route, m.source, m.recipient, m.sender, m.body) == (
+        IN, "callfile", ROUTE1, "+254700000001", "+254722000111", text)
+    assert m.dedupe_key == f"{ROUTE1}:6f1c2e0a-1111-4a2b-9c3d-000000000001"
+    # The phone resends with the same message_id (its answer was lost): accepted, not stored again.
+    assert phone.receive_sms("+254722000111", text, message_id="6f1c2e0a-1111-4a2b-9c3d-000000000001")
+    assert len(rig.inbound()) == 1
+    row = rig.rows()[ROUTE1]
+    assert (row.state, row.info["app"], row.info["version"]) == ("up", "SMSSync-Android", "3.1.1")
+    assert row.info["counters"]["received"] == 1 and row.info["counters"]["duplicates"] == 1
+
+
+def test_smssync_test_integration_passes_and_stores_nothing(rigs, wired):
+    rig = smssync_rig(rigs)
+    wired(rig)
+    assert SMSsyncPhone(URL1, "s3cr3t").test_integration()
+    assert rig.inbound() == []
+    # A wrong secret fails the app's test, and a posted SMS with it is not accepted.
+    bad = SMSsyncPhone(URL1, "wrong")
+    assert not bad.test_integration()
+    assert not bad.receive_sms("+254722000111", "x")
+    assert rig.inbound() == [] and len(bad.pending) == 1
+    assert rig.metrics.counter("webhook_refusals")["forbidden"] == 2
+
+
+def test_smssync_store_failure_makes_the_phone_keep_the_sms_and_post_it_again(rigs, wired):
+    rig = smssync_rig(rigs)
+    wired(rig)
+    phone = SMSsyncPhone(URL1, "s3cr3t")
+    rig.accept_fails = True
+    reply = exchange(rig.site, phone.incoming_request("+254722000111", "keep me", message_id="m-1"))
+    assert reply.status == 503 and reply.json()["payload"]["success"] is False
+    assert not phone.accepts_incoming(reply)
+    assert not phone.receive_sms("+254722000111", "keep me", message_id="m-1")
+    assert phone.pending and rig.inbound() == []
+    rig.accept_fails = False
+    assert phone.sync_pending() == 1
+    assert [m.body for m in rig.inbound()] == ["keep me"]
+    assert rig.metrics.counter("webhook_refusals")["store_failed"] == 2
+
+
+def test_smssync_refusals(rigs):
+    rig = smssync_rig(rigs)
+    phone = SMSsyncPhone(URL1, "s3cr3t")
+    poll = phone.send_poll_request()
+    delete = WireRequest("DELETE", "http", "127.0.0.1", 8080, "/smssync/phone1", poll.headers)
+    assert exchange(rig.site, delete).status == 405
+    bare = WireRequest("GET", "http", "127.0.0.1", 8080, "/smssync/phone1", poll.headers)
+    assert exchange(rig.site, bare).status == 400
+    garbage = phone.incoming_request("+1", "x")
+    garbage = WireRequest("POST", "http", "127.0.0.1", 8080, garbage.target,
+                          tuple((k, v) for k, v in garbage.headers if k != "Content-Length")
+                          + (("Content-Length", "15"),), b"secret=s3cr3t&x")
+    assert exchange(rig.site, garbage).status == 400
+    huge = phone.incoming_request("+1", "x" * 70_000)
+    reply = exchange(rig.site, huge)
+    assert reply.status == 413 and rig.inbound() == []
+    # Paths no phone owns are not the phone's.
+    other = WireRequest("GET", "http", "127.0.0.1", 8080, "/smssync/phone9?task=send", poll.headers)
+    assert exchange(rig.site, other).status == 404
+
+
+def test_smssync_basic_auth_when_configured(rigs, wired):
+    rig = smssync_rig(rigs, "user [phone1] = gw\npassword [phone1] = \"pä:ss\"\n")
+    wired(rig)
+    assert not SMSsyncPhone(URL1, "s3cr3t").receive_sms("+1555", "no credentials")
+    wrong = SMSsyncPhone("http://gw:nope@127.0.0.1:8080/smssync/phone1", "s3cr3t")
+    reply = exchange(rig.site, wrong.incoming_request("+1555", "x"))
+    assert reply.status == 401 and "basic" in reply.headers["www-authenticate"].lower()
+    # The Sync URL's user:pass@ is percent-decoded by the app and sent as UTF-8.
+    good = SMSsyncPhone("http://gw:p%C3%A4%3Ass@127.0.0.1:8080/smssync/phone1", "s3cr3t")
+    assert good.receive_sms("+1555", "with credentials")
+    assert [m.body for m in rig.inbound()] == ["with credentials"]
+
+
+def test_smssync_task_send_echoes_the_secret_and_hands_over_once(rigs, wired):
+    rig = smssync_rig(rigs)
+    wired(rig)
+    m = rig.outbound(ROUTE1, body="Hi there")
+    phone = SMSsyncPhone(URL1, "s3cr3t")
+    reply = exchange(rig.site, phone.send_poll_request())
+    payload = reply.json()["payload"]
+    assert (payload["task"], payload["secret"]) == ("send", "s3cr3t")
+    assert payload["messages"] == [{"to": "+254711000001", "message": "Hi there", "uuid": m.id}]
+    # The answer went out: the phone sends it (no acknowledgement in this mode) -> sent.
+    assert rig.get(m.id).status == SENT
+    assert [ok for _, ok, _ in rig.attempts(m.id)] == [1]
+    # Offered at most once: the next poll has nothing.
+    assert phone.check_tasks() == []
+    assert rig.get(m.id).status == SENT
+
+
+def test_smssync_task_send_with_a_wrong_secret_hands_out_nothing(rigs, wired):
+    rig = smssync_rig(rigs)
+    wired(rig)
+    m = rig.outbound(ROUTE1)
+    for secret in ("wrong", ""):
+        phone = SMSsyncPhone(URL1, secret)
+        reply = exchange(rig.site, phone.send_poll_request())
+        assert reply.status == 403 and "messages" not in reply.json()["payload"]
+        assert "task" not in reply.json()["payload"]
+        assert phone.check_tasks() == []
+    assert rig.get(m.id).status == QUEUED
+    assert rig.rows()[ROUTE1].state == "idle"  # a refused request is no contact
+
+
+def test_smssync_secret_with_spaces_and_symbols_is_echoed_exactly(rigs, wired):
+    rig = rigs('[smssync]\nsecret [p] = "s3 cr+t/ä"\nnumber [p] = +1555\n', "smssync")
+    wired(rig)
+    m = rig.outbound("smssync:p")
+    phone = SMSsyncPhone("http://127.0.0.1:8080/smssync/p", "s3 cr+t/ä")
+    assert [x["uuid"] for x in phone.check_tasks()] == [m.id]
+
+
+def test_smssync_an_answer_that_never_left_gives_the_sms_back(rigs, wired):
+    rig = smssync_rig(rigs)
+    wired(rig)
+    m = rig.outbound(ROUTE1)
+    held = defer.Deferred()
+    take = rig.dispatcher.take
+    rig.dispatcher.take = lambda route, limit=10: held.addCallback(lambda _: fired(take(route, limit)))
+    keep: list = []
+    assert exchange(rig.site, SMSsyncPhone(URL1, "s3cr3t").send_poll_request(), keep=keep) is None
+    proto, transport = keep
+    proto.connectionLost(Failure(net_error.ConnectionLost()))  # the phone gave up waiting
+    held.callback(None)
+    assert transport.value() == b""
+    got = rig.get(m.id)
+    assert (got.status, got.attempts) == (QUEUED, 0)
+    rig.dispatcher.take = take
+    assert [x["uuid"] for x in SMSsyncPhone(URL1, "s3cr3t").check_tasks()] == [m.id]
+
+
+def test_smssync_results_api_hands_over_only_what_the_phone_confirms(rigs, wired):
+    rig = smssync_rig(rigs, "results_api [phone1] = yes\n")
+    wired(rig)
+    a = rig.outbound(ROUTE1, body="first")
+    b = rig.outbound(ROUTE1, body="second")
+    phone = SMSsyncPhone(URL1, "s3cr3t", results_api=True)
+    # task=send offers both; nothing is sent until task=sent.
+    payload = exchange(rig.site, phone.send_poll_request()).json()["payload"]
+    assert [x["uuid"] for x in payload["messages"]] == [a.id, b.id]
+    assert rig.get(a.id).status == SENDING
+    # A forged or stale uuid is never confirmed (task=sent carries no secret).
+    ack = exchange(rig.site, phone.sent_ack_request([a.id, "0000forged0000", a.id]))
+    assert ack.status == 200 and ack.json() == {"message_uuids": [a.id]}
+    assert (rig.get(a.id).status, rig.get(b.id).status) == (SENT, SENDING)
+    # b was not confirmed (the phone did not take it): offered again at the next poll.
+    sent = phone.check_tasks()
+    assert [x["uuid"] for x in sent] == [b.id] and rig.get(b.id).status == SENT
+    assert phone.check_tasks() == []
+    # A confirmation for something handed over already confirms nothing.
+    assert exchange(rig.site, phone.sent_ack_request([a.id])).json() == {"message_uuids": []}
+
+
+def test_smssync_results_api_confirmation_whose_answer_never_left_is_not_counted(rigs):
+    rig = smssync_rig(rigs, "results_api [phone1] = yes\n")
+    m = rig.outbound(ROUTE1)
+    phone = SMSsyncPhone(URL1, "s3cr3t", results_api=True)
+    exchange(rig.site, phone.send_poll_request())
+    held = defer.Deferred()
+    get = rig.store.get
+    rig.store.get = lambda message_id: held.addCallback(lambda _: fired(get(message_id)))
+    keep: list = []
+    assert exchange(rig.site, phone.sent_ack_request([m.id]), keep=keep) is None
+    keep[0].connectionLost(Failure(net_error.ConnectionLost()))
+    held.callback(None)
+    rig.store.get = get
+    # The phone did not get the confirmation, so it did not send: offered again.
+    assert rig.get(m.id).status == SENDING
+    payload = exchange(rig.site, phone.send_poll_request()).json()["payload"]
+    assert [x["uuid"] for x in payload["messages"]] == [m.id]
+
+
+def test_smssync_confirmations_from_a_phone_configured_without_them_still_work(rigs, wired, events):
+    rig = smssync_rig(rigs)  # results_api = no, but the app has it on
+    wired(rig)
+    m = rig.outbound(ROUTE1)
+    phone = SMSsyncPhone(URL1, "s3cr3t", results_api=True)
+    assert [x["uuid"] for x in phone.check_tasks()] == [m.id]
+    assert rig.get(m.id).status == SENT
+    assert any("set results_api = yes" in e.get("log_format", "") for e in events)
+
+
+def test_smssync_results_are_hints_that_never_go_backwards(rigs, wired):
+    rig = smssync_rig(rigs)
+    wired(rig)
+    a = rig.outbound(ROUTE1, body="a")
+    b = rig.outbound(ROUTE1, body="b")
+    c = rig.outbound(ROUTE1, body="c")
+    phone = SMSsyncPhone(URL1, "s3cr3t", results_api=True)
+    exchange(rig.site, phone.send_poll_request())  # off on the server: handed over when offered
+    query, posted = phone.report_results({
+        a.id: {"sent_result_code": 0, "delivered_result_code": -1,
+               "delivered_timestamp": "Feb 21, 2017 3:36:40 PM"},
+        b.id: {"sent_result_code": 2, "sent_result_message": "radio off"},
+        c.id: {"sent_result_code": 0, "delivered_result_code": 0},
+    })
+    assert query.status == 200 and set(query.json()["message_uuids"]) == {a.id, b.id, c.id}
+    assert posted.status == 200
+    assert rig.get(a.id).status == DELIVERED
+    assert (rig.get(b.id).status, rig.get(b.id).reason) == (
+        FAILED, "the phone could not send it: radio off (radio off)")
+    assert rig.get(c.id).status == SENT  # "no report" says nothing
+    # A later failure hint for a delivered SMS changes nothing; unknown uuids are ignored.
+    body = json.dumps({"message_result": [{"uuid": a.id, "sent_result_code": 1},
+                                          {"uuid": "nope", "delivered_result_code": -1}]})
+    report = phone.result_report_request([])
+    again = WireRequest(report.method, report.scheme, report.host, report.port, report.target,
+                        tuple((k, v) for k, v in report.headers if k != "Content-Length")
+                        + (("Content-Length", str(len(body))),), body.encode())
+    assert exchange(rig.site, again).status == 200
+    assert rig.get(a.id).status == DELIVERED
+    # Every report received is counted, whether it moved the message or not.
+    assert rig.metrics.counter("delivery_reports") == {"delivered": 1, "failed": 2}
+    # The result query needs the secret.
+    assert exchange(rig.site, SMSsyncPhone(URL1, "nope").result_query_request()).status == 403
+
+
+def test_smssync_instant_reply_rides_in_the_answer_to_a_posted_sms(rigs, wired):
+    rig = smssync_rig(rigs, "instant_reply [phone1] = yes\n")
+    wired(rig)
+    m = rig.outbound(ROUTE1, to="+254722000111", body="auto reply")
+    phone = SMSsyncPhone(URL1, "s3cr3t")
+    assert phone.receive_sms("+254722000111", "hello")
+    assert phone.outbox == [{"to": "+254722000111", "message": "auto reply", "uuid": m.id}]
+    assert rig.get(m.id).status == SENT
+    assert phone.check_tasks() == []
+
+
+def test_smssync_unusable_messages_fail_instead_of_breaking_the_answer(rigs, wired):
+    rig = smssync_rig(rigs)
+    wired(rig)
+    empty = rig.outbound(ROUTE1, body="")
+    good = rig.outbound(ROUTE1, body="fine")
+    assert [x["uuid"] for x in SMSsyncPhone(URL1, "s3cr3t").check_tasks()] == [good.id]
+    assert rig.get(empty.id).status == FAILED
+
+
+def test_smssync_restart_gives_back_what_was_offered_and_not_handed_over(rigs, tmp_path):
+    rig = smssync_rig(rigs, "results_api [phone1] = yes\n")
+    m = rig.outbound(ROUTE1)
+    exchange(rig.site, SMSsyncPhone(URL1, "s3cr3t").send_poll_request())
+    assert rig.get(m.id).status == SENDING
+    rig.stop()  # the daemon stops before the phone confirmed it
+    again = Rig(tmp_path, SMSSYNC + "results_api [phone1] = yes\n").build("smssync")
+    try:
+        got = again.get(m.id)
+        assert (got.status, got.attempts) == (QUEUED, 0)
+        payload = exchange(again.site, SMSsyncPhone(URL1, "s3cr3t").send_poll_request()).json()
+        assert [x["uuid"] for x in payload["payload"]["messages"]] == [m.id]
+    finally:
+        again.stop()
+
+
+def test_smssync_a_phone_silent_for_three_polls_is_down_until_it_polls(rigs, wired):
+    rig = smssync_rig(rigs)
+    wired(rig)
+    phone = SMSsyncPhone(URL1, "s3cr3t")
+    phone.check_tasks()
+    rig.clock.advance(179)
+    assert rig.dispatcher.is_down(ROUTE1) is None and rig.rows()[ROUTE1].state == "up"
+    rig.clock.advance(1)
+    reason = rig.dispatcher.is_down(ROUTE1)
+    assert reason is not None and reason.startswith("phone silent since ")
+    row = rig.rows()[ROUTE1]
+    assert row.state == "silent" and row.since == T0 and "phone silent since" in row.detail
+    # A queued message waits (no attempt spent); the next poll brings the phone back.
+    m = rig.outbound(ROUTE1)
+    rig.clock.advance(600)
+    assert (rig.get(m.id).status, rig.get(m.id).attempts) == (QUEUED, 0)
+    assert [x["uuid"] for x in phone.check_tasks()] == [m.id]
+    assert rig.dispatcher.is_down(ROUTE1) is None and rig.rows()[ROUTE1].state == "up"
+
+
+def test_smssync_a_phone_that_never_polls_is_silent_three_intervals_after_start(rigs):
+    rig = smssync_rig(rigs)
+    assert rig.rows()[ROUTE1].state == "idle"
+    rig.clock.advance(180)
+    assert "since websmsd started" in rig.dispatcher.is_down(ROUTE1)
+    assert rig.metrics.route(ROUTE1).down is not None
+
+
+def test_smssync_a_silent_phone_lets_messages_take_their_fallback_route(rigs, wired):
+    rig = smssync_rig(rigs)
+    wired(rig)
+
+    class Sink:
+        def __init__(self):
+            self.sent = []
+
+        def send(self, message):
+            self.sent.append(message.id)
+            from websmsd.channel import Outcome
+
+            return defer.succeed(Outcome.sent("ok"))
+
+    sink = Sink()
+    rig.dispatcher.add_route("itsp:backup", sink)
+    m = rig.outbound(ROUTE1, fallback=("itsp:backup",))
+    rig.clock.advance(180)
+    rig.clock.advance(1)
+    assert sink.sent == [m.id] and rig.get(m.id).route == "itsp:backup"
