@@ -663,3 +663,238 @@ def test_smssync_a_silent_phone_lets_messages_take_their_fallback_route(rigs, wi
     rig.clock.advance(180)
     rig.clock.advance(1)
     assert sink.sent == [m.id] and rig.get(m.id).route == "itsp:backup"
+
+
+# --------------------------------------------------------------------------------------
+# The SMS Gateway app (medic / multiOTP)
+# --------------------------------------------------------------------------------------
+
+GATEWAY = """\
+[smsgateway]
+url_path [phone2] = /smsgateway/phone2
+user     [phone2] = gw
+password [phone2] = pa$s
+number   [phone2] = +254700000002
+poll     [phone2] = 30
+"""
+URL2 = "http://gw:pa$s@127.0.0.1:8080/smsgateway/phone2"
+ROUTE2 = "smsgateway:phone2"
+
+
+def gateway_rig(rigs, **kw) -> Rig:
+    return rigs(GATEWAY, "smsgateway", **kw)
+
+
+def test_gateway_settings_check_with_the_apps_percent_encoded_password(rigs, wired):
+    rig = gateway_rig(rigs)
+    wired(rig)
+    phone = MedicPhone(URL2)
+    assert "pa%24s" in phone._effective_url()  # what the app really sends
+    assert phone.settings_check() == (True, "ok")
+    # A client that sends the password as it is (not percent-encoded) passes too.
+    check = MedicPhone("http://127.0.0.1:8080/smsgateway/phone2").settings_check_request()
+    raw = WireRequest(check.method, check.scheme, check.host, check.port, check.target,
+                      check.headers + (("Authorization", "Basic Z3c6cGEkcw=="),))  # gw:pa$s
+    assert exchange(rig.site, raw).json() == {"medic-gateway": True}
+    assert MedicPhone("http://gw:wrong@127.0.0.1:8080/smsgateway/phone2").settings_check() == (
+        False, "unauthorised")
+    assert MedicPhone("http://127.0.0.1:8080/smsgateway/phone2").settings_check() == (
+        False, "unauthorised")
+    row = rig.rows()[ROUTE2]
+    assert (row.info["app"], row.info["version"]) == ("medic.gateway.alert.generic", "1.8.0")
+
+
+def test_gateway_received_sms_stored_once_and_the_answer_is_always_an_object(rigs, wired):
+    rig = gateway_rig(rigs)
+    wired(rig)
+    phone = MedicPhone(URL2)
+    first = phone.receive_sms("+254733000111", "Jambo ✓\n2nd line")
+    phone.receive_sms("M-PESA", "You have received KES 100")
+    reply, full = phone.poll()
+    assert reply.status == 200 and reply.json() == {"messages": []} and not full
+    got = rig.inbound()
+    assert [(m.sender, m.body, m.recipient, m.source) for m in got] == [
+        ("+254733000111", "Jambo ✓\n2nd line", "+254700000002", ROUTE2),
+        ("M-PESA", "You have received KES 100", "+254700000002", ROUTE2)]
+    assert got[0].dedupe_key == f"{ROUTE2}:{first}"
+    # The same poll again (the phone did not get the answer): nothing stored twice.
+    request = phone.poll_request([{"id": first, "from": "+254733000111", "content": "Jambo ✓\n2nd line",
+                                   "sms_sent": 1, "sms_received": 2}], [])
+    assert exchange(rig.site, request).status == 200
+    assert len(rig.inbound()) == 2
+
+
+def test_gateway_a_poll_that_cannot_be_processed_is_never_answered_2xx(rigs, wired):
+    rig = gateway_rig(rigs)
+    wired(rig)
+    phone = MedicPhone(URL2)
+    phone.receive_sms("+254733000111", "keep me")
+    rig.accept_fails = True
+    reply, _ = phone.poll()
+    assert reply.status == 503 and reply.json()["error"] is True
+    assert len(phone.waiting) == 1  # the phone keeps it for the next poll
+    rig.accept_fails = False
+    reply, _ = phone.poll()
+    assert reply.status == 200 and phone.waiting == []
+    assert [m.body for m in rig.inbound()] == ["keep me"]
+    # Malformed: 400, not 2xx.
+    base = phone.poll_request([], [])
+    for body in (b"{not json", b'{"messages": {"a": 1}}', b'{"messages": [{"id": 5}]}'):
+        bad = WireRequest("POST", "http", "127.0.0.1", 8080, base.target,
+                          tuple((k, v) for k, v in base.headers if k != "Content-Length")
+                          + (("Content-Length", str(len(body))),), body)
+        assert exchange(rig.site, bad).status == 400
+    put = WireRequest("PUT", "http", "127.0.0.1", 8080, base.target, base.headers, base.body)
+    assert exchange(rig.site, put).status == 405
+
+
+def test_gateway_offers_until_the_phone_reports_and_follows_its_updates(rigs, wired):
+    rig = gateway_rig(rigs)
+    wired(rig)
+    phone = MedicPhone(URL2)
+    m = rig.outbound(ROUTE2, to="+254-711 000 001", body="Hello from the PBX")
+    reply, _ = phone.poll()
+    assert reply.json() == {"messages": [{"id": m.id, "to": "+254-711 000 001",
+                                          "content": "Hello from the PBX"}]}
+    assert phone.store[m.id].to == "+254711000001" and rig.get(m.id).status == SENDING
+    # The phone says UNSENT (it has it): not offered again, and kept from the dispatcher.
+    reply, _ = phone.poll()
+    assert reply.json() == {"messages": []} and rig.get(m.id).status == SENDING
+    assert rig.get(m.id).next_attempt >= T0 + POLICY.max_age
+    phone.set_status(m.id, "PENDING")
+    phone.set_status(m.id, "SENT")
+    phone.poll()
+    assert rig.get(m.id).status == SENT and rig.get(m.id).attempts == 1
+    phone.set_status(m.id, "DELIVERED")
+    phone.poll()
+    assert rig.get(m.id).status == DELIVERED
+    # A late, repeated SENT never overwrites DELIVERED.
+    phone.updates.append((m.id, "SENT", None))
+    phone.poll()
+    assert rig.get(m.id).status == DELIVERED
+    assert rig.rows()[ROUTE2].info["last_result"].startswith(f"{m.id} delivered")
+
+
+def test_gateway_failed_with_reason_only_before_sent(rigs, wired):
+    rig = gateway_rig(rigs)
+    wired(rig)
+    phone = MedicPhone(URL2)
+    a = rig.outbound(ROUTE2, body="a")
+    b = rig.outbound(ROUTE2, body="b")
+    phone.poll()
+    phone.set_status(a.id, "FAILED", "destination.invalid")
+    phone.set_status(b.id, "SENT")
+    phone.set_status(b.id, "FAILED", "generic; errorCode=1")  # the app never does this; ignored
+    phone.poll()
+    got_a, got_b = rig.get(a.id), rig.get(b.id)
+    assert (got_a.status, got_a.reason) == (FAILED, "the phone could not send it: destination.invalid")
+    assert got_b.status == SENT
+    # The user pressed Retry: UNSENT, then SENT: the message is sent after all.
+    phone.set_status(a.id, "UNSENT")
+    phone.set_status(a.id, "SENT")
+    phone.poll()
+    assert rig.get(a.id).status == SENT
+
+
+def test_gateway_delivered_without_sent_and_unknown_ids(rigs, wired):
+    rig = gateway_rig(rigs)
+    wired(rig)
+    phone = MedicPhone(URL2)
+    m = rig.outbound(ROUTE2)
+    other = rig.outbound("itsp:elsewhere")
+    phone.poll()
+    phone.set_status(m.id, "DELIVERED")
+    phone.updates += [("never-ours", "SENT", None), (other.id, "DELIVERED", None),
+                      (m.id, "WEIRD_NEW_STATUS", None)]
+    reply, _ = phone.poll()
+    assert reply.status == 200 and phone.updates == []  # all acknowledged
+    assert rig.get(m.id).status == DELIVERED
+    assert rig.get(other.id).status == QUEUED  # not this phone's: untouched
+
+
+def test_gateway_an_offer_whose_answer_was_lost_is_offered_again_and_sent_once(rigs, wired):
+    rig = gateway_rig(rigs)
+    wired(rig)
+    phone = MedicPhone(URL2)
+    m = rig.outbound(ROUTE2)
+    # The phone got the answer, but its next poll fails on the way (no update arrives).
+    phone.poll()
+    rig.clock.advance(30)
+    request = phone.poll_request([], [])  # as if the UNSENT update had not been posted yet
+    again = exchange(rig.site, request)
+    assert [x["id"] for x in again.json()["messages"]] == [m.id]
+    # The phone ignores an id it has and re-reports its status: stored once on the phone.
+    before = dict(phone.store)
+    phone.poll()
+    assert phone.store.keys() == before.keys()
+    reply, _ = phone.poll()
+    assert reply.json() == {"messages": []}
+
+
+def test_gateway_gzip_answers_when_asked(rigs):
+    rig = gateway_rig(rigs)
+    for i in range(3):
+        rig.outbound(ROUTE2, body=f"message number {i} " + "x" * 60)
+    request = MedicPhone(URL2).poll_request([], [])
+    proto_reply = exchange(rig.site, request)
+    assert proto_reply.headers["content-encoding"] == "gzip"
+    assert len(proto_reply.json()["messages"]) == 3
+    plain = WireRequest(request.method, request.scheme, request.host, request.port, request.target,
+                        tuple((k, v) for k, v in request.headers if k != "Accept-Encoding"),
+                        request.body)
+    reply = exchange(rig.site, plain)
+    assert "content-encoding" not in reply.headers
+    assert len(reply.json()["messages"]) == 3  # offered again: no update yet
+
+
+def test_gateway_restart_offers_again_what_the_phone_may_have(rigs, wired, tmp_path):
+    rig = gateway_rig(rigs)
+    wired(rig)
+    phone = MedicPhone(URL2)
+    a = rig.outbound(ROUTE2, body="a")
+    b = rig.outbound(ROUTE2, body="b")
+    phone.poll()  # offered both; the phone stores them
+    phone.poll()  # UNSENT for both
+    phone.set_status(a.id, "SENT")
+    rig.stop()
+    again = Rig(tmp_path, GATEWAY).build("smsgateway")
+    wired(again)
+    try:
+        assert again.get(b.id).status == SENDING
+        reply, _ = phone.poll()  # a: SENT arrives now; b is offered again
+        assert again.get(a.id).status == SENT
+        assert [x["id"] for x in reply.json()["messages"]] == [b.id]
+        assert len(phone.store) == 2  # nothing stored (or sent) twice on the phone
+        reply, _ = phone.poll()  # b re-reported: no more offers
+        assert reply.json() == {"messages": []}
+    finally:
+        again.stop()
+
+
+def test_gateway_silent_phone_keeps_what_it_has_and_fallbacks_take_the_rest(rigs, wired):
+    rig = gateway_rig(rigs)
+    wired(rig)
+    from websmsd.channel import Outcome
+
+    sent = []
+
+    class Sink:
+        def send(self, message):
+            sent.append(message.id)
+            return defer.succeed(Outcome.sent("ok"))
+
+    rig.dispatcher.add_route("itsp:backup", Sink())
+    phone = MedicPhone(URL2)
+    held = rig.outbound(ROUTE2, body="with the phone", fallback=("itsp:backup",))
+    phone.poll()
+    phone.poll()  # UNSENT: the phone has it
+    waiting = rig.outbound(ROUTE2, body="not offered yet", fallback=("itsp:backup",))
+    rig.clock.advance(90)
+    assert rig.dispatcher.is_down(ROUTE2).startswith("phone silent since")
+    rig.clock.advance(1)
+    assert sent == [waiting.id]
+    assert (rig.get(held.id).route, rig.get(held.id).status) == (ROUTE2, SENDING)
+    # It comes back and reports: sent through the phone, once.
+    phone.set_status(held.id, "SENT")
+    phone.poll()
+    assert rig.get(held.id).status == SENT and rig.dispatcher.is_down(ROUTE2) is None
