@@ -898,3 +898,246 @@ def test_gateway_silent_phone_keeps_what_it_has_and_fallbacks_take_the_rest(rigs
     phone.set_status(held.id, "SENT")
     phone.poll()
     assert rig.get(held.id).status == SENT and rig.dispatcher.is_down(ROUTE2) is None
+
+
+# --------------------------------------------------------------------------------------
+# SMS Gateway for Android (local server), websmsd polling FakeSMSGate
+# --------------------------------------------------------------------------------------
+
+from treq.testing import StubTreq  # noqa: E402
+
+GATE = """\
+[smsgate]
+url      [phone3] = http://phone.lan:8080
+user     [phone3] = sms
+password [phone3] = "Zx8_q!2p"
+number   [phone3] = +254700000003
+poll     [phone3] = 5
+"""
+ROUTE3 = "smsgate:phone3"
+
+
+class FakeResource(Resource):
+    """FakeSMSGate behind twisted.web, for StubTreq."""
+
+    isLeaf = True
+
+    def __init__(self, fake):
+        super().__init__()
+        self.fake = fake
+
+    def render(self, request):
+        headers = {k.decode(): v[0].decode() for k, v in request.requestHeaders.getAllRawHeaders()}
+        status, out, body = self.fake.handle(request.method.decode(), request.uri.decode(), headers,
+                                             request.content.read())
+        request.setResponseCode(status)
+        for name, value in out.items():
+            if name.lower() != "content-length":
+                request.setHeader(name, value)
+        return body
+
+
+class Line:
+    """treq over StubTreq, with a switch that makes the phone unreachable."""
+
+    def __init__(self, fake):
+        self.stub = StubTreq(FakeResource(fake))
+        self.down = False
+
+    def request(self, method, url, **kw):
+        if self.down:
+            return defer.fail(net_error.ConnectionRefusedError("refused"))
+        return self.stub.request(method, url, **kw)
+
+
+class Gate:
+    """A rig with one SMS Gateway for Android phone wired as build() wires it."""
+
+    def __init__(self, rig: Rig, fake: FakeSMSGate):
+        self.rig, self.fake = rig, fake
+        self.line = Line(fake)
+        [settings] = rig.settings.channels["smsgate"].interfaces
+        client = g.SMSGateClient(self.line, settings.url, settings.user, settings.password,
+                                 clock=rig.clock, timeout=settings.timeout)
+        self.channel = SMSGateChannel(rig.wiring, settings, client=client)
+        rig.dispatcher.add_route(self.channel.route, self.channel, concurrency=1)
+        self.channel.setServiceParent(rig.parent)
+        rig.board.register(lambda: self.channel.status(0), "smsgate")
+
+    def tick(self, seconds: float = 5.0) -> None:
+        self.fake.now_ms += int(seconds * 1000)
+        self.rig.clock.advance(seconds)
+
+
+@pytest.fixture
+def gate(rigs):
+    def make(sub: str = "", fake: Optional[FakeSMSGate] = None) -> Gate:
+        rig = rigs(GATE, sub=sub)  # built without sections: Gate wires the phone itself
+        rig.parent.stopService()
+        gate = Gate(rig, fake or FakeSMSGate(now_ms=int(T0 * 1000)))
+        rig.parent.startService()
+        rig.clock.advance(0)  # the first poll
+        return gate
+
+    return make
+
+
+def test_gate_sends_with_our_id_and_a_repeat_never_sends_twice(gate):
+    gt = gate()
+    m = gt.rig.outbound(ROUTE3, to="+254711000001", body="Habari ✓")
+    gt.rig.clock.advance(0)
+    got = gt.rig.get(m.id)
+    assert (got.status, got.provider_id, got.attempts) == (SENT, m.id, 1)
+    posted = [json.loads(body) for method, target, _, body in gt.fake.requests
+              if method == "POST" and target == "/message"]
+    assert posted == [{"id": m.id, "textMessage": {"text": "Habari ✓"},
+                       "phoneNumbers": ["+254711000001"], "withDeliveryReport": True}]
+    # A restart resends what it had not recorded: the phone answers 409 and keeps one.
+    again = fired(gt.channel.send(gt.rig.get(m.id)))
+    assert again.ok and again.code == 409 and again.provider_id == m.id
+    assert list(gt.fake.messages) == [m.id]
+
+
+def test_gate_follows_states_until_final_and_never_backwards(gate):
+    gt = gate()
+    a = gt.rig.outbound(ROUTE3, body="a")
+    b = gt.rig.outbound(ROUTE3, body="b")
+    gt.rig.clock.advance(0)
+    gt.rig.clock.advance(0)
+    assert set(gt.fake.messages) == {a.id, b.id}
+    gt.fake.set_state(a.id, "Sent")
+    gt.fake.set_state(b.id, "Failed", "Send result: RESULT_ERROR_NO_SERVICE (No service)")
+    gt.tick(6)
+    assert gt.rig.get(a.id).status == SENT
+    got_b = gt.rig.get(b.id)
+    assert (got_b.status, got_b.reason) == (FAILED, "Send result: RESULT_ERROR_NO_SERVICE (No service)")
+    gt.fake.set_state(a.id, "Delivered")
+    gt.tick(60)
+    assert gt.rig.get(a.id).status == DELIVERED
+    gt.fake.set_state(a.id, "Failed", "Delivery result: 64")  # a later part failed: kept delivered
+    gt.tick(600)
+    assert gt.rig.get(a.id).status == DELIVERED
+    # Final states are not asked for again.
+    asked = [t for method, t, _, _ in gt.fake.requests if t.startswith("/message/")]
+    gt.tick(600)
+    assert [t for method, t, _, _ in gt.fake.requests if t.startswith("/message/")] == asked
+    assert gt.rig.metrics.counter("delivery_reports") == {"sent": 1, "failed": 1, "delivered": 1}
+
+
+def test_gate_reads_the_inbox_once_across_polls_and_restarts(gate, tmp_path):
+    gt = gate()
+    fake = gt.fake
+    fake.receive("+254722000111", "first", int(T0 * 1000) + 1000)
+    fake.receive("M-PESA", "second", int(T0 * 1000) + 2000)
+    gt.tick(5)
+    got = gt.rig.inbound()
+    assert [(m.sender, m.body, m.recipient, m.source) for m in got] == [
+        ("+254722000111", "first", "+254700000003", ROUTE3),
+        ("M-PESA", "second", "+254700000003", ROUTE3)]
+    assert all(m.dedupe_key.startswith(ROUTE3 + ":") for m in got)
+    state = fired(gt.rig.store.state("smsgate:phone3:inbox"))
+    assert g.InboxState.from_json(state).seen
+    gt.tick(5)
+    gt.tick(5)
+    assert len(gt.rig.inbound()) == 2
+    # A restart reads the state back: nothing twice, the next SMS once.
+    gt.rig.stop()
+    fake.receive("+254722000111", "third", fake.now_ms - 1)
+    again = Rig(tmp_path, GATE)
+    again.dispatcher.startService()
+    second = Gate(again, fake)
+    again.parent.startService()
+    again.clock.advance(0)
+    try:
+        assert [m.body for m in again.inbound()] == ["first", "second", "third"]
+    finally:
+        again.stop()
+
+
+def test_gate_a_failed_commit_loses_nothing(gate):
+    gt = gate()
+    gt.fake.receive("+254722000111", "keep me", gt.fake.now_ms + 100)
+    gt.rig.accept_fails = True
+    before = fired(gt.rig.store.state("smsgate:phone3:inbox"))
+    gt.tick(5)
+    assert gt.rig.inbound() == []
+    assert fired(gt.rig.store.state("smsgate:phone3:inbox")) == before
+    gt.rig.accept_fails = False
+    gt.tick(5)
+    gt.tick(5)
+    assert [m.body for m in gt.rig.inbound()] == ["keep me"]
+
+
+def test_gate_a_phone_that_does_not_answer_is_a_route_that_is_down(gate):
+    gt = gate()
+    gt.line.down = True
+    gt.tick(5)
+    reason = gt.rig.dispatcher.is_down(ROUTE3)
+    assert reason.startswith("phone unreachable since ") and "connection refused" in reason
+    row = gt.rig.rows()[ROUTE3]
+    assert row.state == "down" and row.since == T0 + 5 and "no answer since" in row.detail
+    # Messages wait without spending attempts, however long it takes.
+    m = gt.rig.outbound(ROUTE3)
+    for _ in range(20):
+        gt.tick(5)
+    got = gt.rig.get(m.id)
+    assert got.status in (QUEUED, SENDING) and got.attempts == 0
+    assert gt.rig.rows()[ROUTE3].since == T0 + 5  # since the first failure
+    # It answers again: up, and the message goes.
+    gt.line.down = False
+    gt.tick(5)
+    assert gt.rig.dispatcher.is_down(ROUTE3) is None and gt.rig.rows()[ROUTE3].state == "up"
+    gt.rig.clock.advance(0)
+    assert gt.rig.get(m.id).status == SENT and list(gt.fake.messages) == [m.id]
+
+
+def test_gate_a_send_that_finds_the_phone_gone_spends_no_attempt(gate):
+    gt = gate()
+    gt.line.down = True
+    m = gt.rig.outbound(ROUTE3)
+    gt.rig.clock.advance(0)
+    got = gt.rig.get(m.id)
+    assert (got.status, got.attempts) == (QUEUED, 0) and "waiting: route" in got.reason
+    assert gt.rig.dispatcher.is_down(ROUTE3) is not None
+
+
+def test_gate_health_500_is_not_down_and_wrong_credentials_are(gate):
+    fake = FakeSMSGate(now_ms=int(T0 * 1000), version="1.66.1")
+    fake.health_status = "fail"
+    gt = gate(fake=fake)
+    row = gt.rig.rows()[ROUTE3]
+    assert row.state == "up" and row.info["health"] == "fail" and row.info["version"] == "1.66.1"
+    assert gt.rig.dispatcher.is_down(ROUTE3) is None
+    fake.password = "changed on the phone"
+    gt.tick(5)
+    assert "credentials" in gt.rig.dispatcher.is_down(ROUTE3)
+
+
+def test_gate_build_wires_a_pushed_route_polling_the_configured_url(tmp_path):
+    from twisted.internet.testing import MemoryReactorClock
+
+    reactor = MemoryReactorClock()
+    reactor.advance(T0)
+    settings = loads(EXAMPLE)
+    store = Store(str(tmp_path / "s.sqlite3"), reactor, run_inline=True)
+    store.open()
+    dispatcher = Dispatcher(store, reactor, POLICY)
+    parent = MultiService()
+    board = ChannelBoard()
+    root = WebhookRoot(_NotHere())
+    wiring = Wiring(reactor, parent, settings, store, dispatcher, board, Metrics(), root,
+                    lambda messages, state=None: store.add(messages, state=state), T0)
+    for name in ("smssync", "smsgateway", "smsgate"):
+        android_service.build(wiring, settings.channels[name])
+    assert set(dispatcher.routes) == {"smssync:phone1", "smsgateway:phone2", "smsgate:phone3"}
+    assert dispatcher.routes["smsgate:phone3"].sink is not None
+    assert dispatcher.routes["smssync:phone1"].sink is None
+    assert set(root.mounts) == {b"/smssync/phone1", b"/smsgateway/phone2"}
+    assert {s.name for s in parent} == {"smssync:phone1", "smsgateway:phone2", "smsgate:phone3"}
+    assert parent.getServiceNamed("smsgate:phone3").client._base == "http://192.168.1.50:8080"
+    parent.startService()
+    rows = fired(board.collect())
+    assert [(r.kind, r.name, r.state) for r in rows] == [
+        ("smssync", "phone1", "idle"), ("smsgateway", "phone2", "idle"), ("smsgate", "phone3", "idle")]
+    parent.stopService()
+    store.close()
