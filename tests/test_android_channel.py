@@ -507,7 +507,12 @@ def test_smssync_results_api_hands_over_only_what_the_phone_confirms(rigs, wired
     ack = exchange(rig.site, phone.sent_ack_request([a.id, "0000forged0000", a.id]))
     assert ack.status == 200 and ack.json() == {"message_uuids": [a.id]}
     assert (rig.get(a.id).status, rig.get(b.id).status) == (SENT, SENDING)
-    # b was not confirmed (the phone did not take it): offered again at the next poll.
+    # b was not confirmed by the next poll (the phone did not take it): a failed attempt,
+    # offered again by the retry policy.
+    assert phone.check_tasks() == []
+    got_b = rig.get(b.id)
+    assert (got_b.status, got_b.attempts) == (QUEUED, 1) and "not confirmed" in got_b.reason
+    rig.clock.advance(POLICY.base)
     sent = phone.check_tasks()
     assert [x["uuid"] for x in sent] == [b.id] and rig.get(b.id).status == SENT
     assert phone.check_tasks() == []
@@ -528,8 +533,12 @@ def test_smssync_results_api_confirmation_whose_answer_never_left_is_not_counted
     keep[0].connectionLost(Failure(net_error.ConnectionLost()))
     held.callback(None)
     rig.store.get = get
-    # The phone did not get the confirmation, so it did not send: offered again.
+    # The phone did not get the confirmation, so it did not send: not counted as sent,
+    # and once its next poll shows it was not taken, offered again by the retry policy.
     assert rig.get(m.id).status == SENDING
+    assert exchange(rig.site, phone.send_poll_request()).json()["payload"]["messages"] == []
+    assert (rig.get(m.id).status, rig.get(m.id).attempts) == (QUEUED, 1)
+    rig.clock.advance(POLICY.base)
     payload = exchange(rig.site, phone.send_poll_request()).json()["payload"]
     assert [x["uuid"] for x in payload["messages"]] == [m.id]
 
@@ -1141,3 +1150,50 @@ def test_gate_build_wires_a_pushed_route_polling_the_configured_url(tmp_path):
         ("smssync", "phone1", "idle"), ("smsgateway", "phone2", "idle"), ("smsgate", "phone3", "idle")]
     parent.stopService()
     store.close()
+
+
+class OldGate(FakeSMSGate):
+    """An app before v1.59.0 (no /inbox), and one message whose state read fails."""
+
+    broken: str = ""
+
+    def handle(self, method, target, headers, body):
+        if target.startswith("/inbox"):
+            self.requests.append((method, target, dict(headers), body))
+            return 404, {"Content-Length": "0"}, b""
+        if self.broken and target == f"/message/{self.broken}":
+            self.requests.append((method, target, dict(headers), body))
+            return self._json(500, {"message": "database is locked"})
+        return super().handle(method, target, headers, body)
+
+
+def test_gate_an_app_without_an_inbox_still_sends_and_says_why_it_reads_nothing(gate):
+    gt = gate(fake=OldGate(now_ms=int(T0 * 1000)))
+    assert gt.rig.dispatcher.is_down(ROUTE3) is None
+    row = gt.rig.rows()[ROUTE3]
+    assert row.state == "failing" and "inbox: HTTP 404" in row.detail
+    a = gt.rig.outbound(ROUTE3, body="a")
+    b = gt.rig.outbound(ROUTE3, body="b")
+    gt.rig.clock.advance(0)
+    gt.rig.clock.advance(0)
+    assert gt.rig.get(a.id).status == SENT and gt.rig.get(b.id).status == SENT
+    # One state that cannot be read does not hold up the others.
+    gt.fake.broken = a.id
+    gt.fake.set_state(a.id, "Delivered")
+    gt.fake.set_state(b.id, "Delivered")
+    gt.tick(6)
+    assert (gt.rig.get(a.id).status, gt.rig.get(b.id).status) == (SENT, DELIVERED)
+    assert "state of " + a.id in gt.rig.rows()[ROUTE3].detail
+    gt.fake.broken = ""
+    gt.tick(60)
+    assert gt.rig.get(a.id).status == DELIVERED
+
+
+def test_gate_an_sms_stamped_before_the_horizon_is_reported_not_taken(gate):
+    gt = gate()
+    gt.tick(5)
+    gt.fake.receive("+254722000111", "from long ago", int((T0 - 3600) * 1000))
+    gt.tick(5)
+    assert gt.rig.inbound() == []
+    row = gt.rig.rows()[ROUTE3]
+    assert row.info["late_sms"] == 1 and "1 SMS reached the phone stamped too long ago" in row.detail

@@ -152,9 +152,14 @@ class PhonePresence:
         """A poll got its answers.  True when the phone was unreachable until now."""
         self.last_contact = self.last_poll = now
         back = self.unreachable_since is not None
+        if back:
+            self.trouble = self.trouble_since = None
         self.unreachable_since = None
-        self.trouble = self.trouble_since = None
         return back
+
+    def untroubled(self) -> None:
+        """Everything of a poll went as it should."""
+        self.trouble = self.trouble_since = None
 
     def unreachable(self, now: float, reason: str) -> bool:
         """A poll got no answer.  True when the phone was reachable until now."""

@@ -190,35 +190,41 @@ class SMSGateChannel(Service):
         if now - self._health_at >= HEALTH_EVERY:
             self._health_at = now
             health = await self.client.health()
-            if health.reachable:
-                self.health = health
-                if health.version:
-                    self.version = self.presence.version = health.version
-            else:
+            if not health.reachable:
                 self._unreachable(now, health.reason)
                 return
+            self.health = health
+            if health.version:
+                self.version = self.presence.version = health.version
+        problems: List[str] = []
         try:
             scan = await self.client.poll_inbox(self.inbox, self._reader())
         except smsgate.SMSGateError as e:
-            if e.down:
+            if self._is_down(e):
                 self._unreachable(self.reactor.seconds(), e.reason)
                 return
-            self.presence.troubled(self.reactor.seconds(), f"inbox: {e.reason}")
+            problems.append(f"inbox: {e.reason}")
             log.warn("{route}: reading the inbox failed: {reason}", route=self.route,
                      reason=e.reason)
         else:
             await self._take(scan)
         try:
-            await self._follow()
+            problems += await self._follow()
         except smsgate.SMSGateError as e:
-            if e.down:
-                self._unreachable(self.reactor.seconds(), e.reason)
-                return
-            self.presence.troubled(self.reactor.seconds(), f"states: {e.reason}")
-            log.warn("{route}: reading a message state failed: {reason}", route=self.route,
-                     reason=e.reason)
+            self._unreachable(self.reactor.seconds(), e.reason)
             return
-        self._reached(self.reactor.seconds())
+        now = self.reactor.seconds()
+        self._reached(now)
+        if problems:
+            self.presence.troubled(now, "; ".join(problems))
+        else:
+            self.presence.untroubled()
+
+    @staticmethod
+    def _is_down(e: smsgate.SMSGateError) -> bool:
+        # No answer, or credentials refused: nothing works.  A 404 from /inbox is an app
+        # older than v1.59.0: it still sends, so the route is not down for that.
+        return e.down and e.status not in (404, 405)
 
     def _reader(self) -> smsgate.InboxReader:
         return smsgate.InboxReader(near_window_ms=smsgate.near_window_for_version(self.version))
@@ -244,31 +250,37 @@ class SMSGateChannel(Service):
             self.presence.count("inbox_duplicates", len(scan.duplicates))
         if scan.late:
             self.late += scan.late
-            self.presence.troubled(self.reactor.seconds(),
-                                   f"{self.late} SMS arrived stamped too long ago to tell them"
-                                   " from the inbox's history: not taken")
             log.error("{route}: {count} SMS arrived in the phone's inbox stamped older than"
                       " the reader's horizon: not taken (look at the phone)",
                       route=self.route, count=scan.late)
 
-    async def _follow(self) -> None:
-        """Ask the phone for the state of what it took, a few per poll, until final."""
+    async def _follow(self) -> List[str]:
+        """Ask the phone for the state of what it took, a few per poll, until final.
+        The problems met (a state the phone could not give); SMSGateError when the phone
+        stopped answering."""
         now = self.reactor.seconds()
         max_age = self.dispatcher.policy.max_age
         due = sorted((f for f in self.followed.values() if f.next_check <= now),
                      key=lambda f: f.next_check)[:STATES_PER_POLL]
+        problems = []
         for f in due:
             if now - f.since > max_age:
                 del self.followed[f.id]  # no final state within max_age: stays "sent"
                 continue
-            state = await self.client.state(f.id)
+            try:
+                state = await self.client.state(f.id)
+            except smsgate.SMSGateError as e:
+                if self._is_down(e):
+                    raise
+                problems.append(f"state of {f.id}: {e.reason}")
+                state = None
             now = self.reactor.seconds()
-            final = await self._state(f, state, now)
-            if final:
+            if state is not None and await self._state(f, state, now):
                 self.followed.pop(f.id, None)
             else:
                 # Fresh messages often, older ones less (a delivery report can take hours).
                 f.next_check = now + min(max(self.phone.poll, (now - f.since) / 4), 600.0)
+        return problems
 
     async def _state(self, f: Followed, state: smsgate.MessageState, now: float) -> bool:
         """Record what the phone says of one message; True when that is final."""
@@ -328,7 +340,11 @@ class SMSGateChannel(Service):
         if self.health is not None:
             info["health"] = self.health.status
             info["health_checks"] = {name: status for name, status, _ in self.health.checks}
-        return self.presence.row(self.reactor.seconds(), waiting, info)
+        row = self.presence.row(self.reactor.seconds(), waiting, info)
+        if self.late:
+            row = row._replace(detail=row.detail + f"; {self.late} SMS reached the phone stamped"
+                               " too long ago to tell from its history: not taken (see the log)")
+        return row
 
 
 __all__: List[str] = ["SMSGateChannel", "KIND"]

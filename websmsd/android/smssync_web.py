@@ -13,8 +13,10 @@ What each request does (the protocol itself is websmsd.android.smssync):
   once the answer offering it left websmsd, and is never offered again.  With it on
   (`results_api = yes`) the phone first asks ``POST ?task=sent`` which of the offered
   SMS to send and sends only those confirmed: an SMS counts as sent once the answer
-  confirming it left websmsd; one offered but never confirmed is offered again at the
-  next ``task=send`` (the phone sends nothing it was not confirmed).  Either way the
+  confirming it left websmsd.  One offered but not confirmed by the phone's next
+  ``task=send`` (the app confirms right after each) was not taken: that attempt failed,
+  and the retry policy offers it again later (the phone sends nothing unconfirmed; a
+  phone whose Results API is off after all would send each offer: a bounded number).  Either way the
   store is written *after* the answer went out: a daemon killed between the phone's
   request and the answer never counts an SMS the phone did not get.
 - ``task=result`` reports are hints (the app never fills sent codes; a sent SMS usually
@@ -29,6 +31,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.logger import Logger
 
+from websmsd.channel import Outcome
 from websmsd.http.site import REPORTS
 from websmsd.message import DELIVERED, FAILED, SENDING, SENT, Message
 
@@ -36,6 +39,7 @@ from . import smssync
 from .answer import Answer
 from .basicauth import check_basic
 from .polled import PER_ANSWER, PhoneResource, PolledPhone
+from .presence import clock
 
 log = Logger()
 
@@ -125,6 +129,7 @@ class SMSsyncResource(PhoneResource):
             log.info("{route}: the app's \"Test integration\" (not an SMS)", route=phone.route)
             await self.write(request, smssync.test_integration_answer())
             return
+        phone.contact(request)
         message = phone.inbound(parsed.sender, parsed.text, parsed.message_id)
         try:
             new = (await phone.wiring.accept([message]))[0]
@@ -135,7 +140,6 @@ class SMSsyncResource(PhoneResource):
                 "websmsd could not store the SMS; the phone keeps it and posts it again", 503),
                 "could not store the SMS")
             return
-        phone.contact(request)
         phone.presence.count("received" if new else "duplicates")
         phone.metrics.count("android_received", phone.route)
         log.info("{route}: SMS {id} from the phone ({how})", route=phone.route, id=message.id,
@@ -164,28 +168,33 @@ class SMSsyncResource(PhoneResource):
             else:
                 await phone.release(taken, "the phone left before the answer offering it")
             return
-        again = await self._still_offered()
-        if again:
-            log.warn("{route}: {count} SMS offered before were not confirmed by task=sent:"
-                     " offered again (if the app's Message Results API is off, set"
-                     " results_api = no, or each is sent twice)", route=phone.route,
-                     count=len(again))
-        taken = await phone.take(PER_ANSWER - len(again))
+        await self._not_confirmed(now)
+        taken = await phone.take(PER_ANSWER)
         for m in taken:
             self.offered[m.id] = (m, now)
-        await self.write(request, smssync.send_task_answer(outgoing(again + taken), secret))
+        await self.write(request, smssync.send_task_answer(outgoing(taken), secret))
 
-    async def _still_offered(self) -> List[Message]:
-        """Offered earlier and still this phone's to send (not moved to a fallback route
-        while the phone was silent, not expired)."""
-        again = []
-        for uuid, (m, _) in list(self.offered.items()):
+    async def _not_confirmed(self, now: float) -> None:
+        """SMS offered at an earlier task=send and never confirmed: the phone asks task=sent
+        right after each task=send, so it did not take them.  Each counts as a failed
+        attempt and is offered again by the retry policy (so that a phone whose Message
+        Results API is off after all, which sends what it is offered, does not get
+        them again at every poll)."""
+        pairs = []
+        for uuid, (m, offered_at) in list(self.offered.items()):
+            del self.offered[uuid]
             current = await self.phone.ours(uuid, (SENDING,))
-            if current is None:
-                del self.offered[uuid]
-            else:
-                again.append(current)
-        return again[:PER_ANSWER]
+            if current is not None:
+                pairs.append((current, Outcome.failed(
+                    f"offered at {clock(offered_at)}, not confirmed by the phone (task=sent);"
+                    " offered again later (if the app's Message Results API is off, set"
+                    " results_api = no: the phone sent it)")))
+        if pairs:
+            log.warn("{route}: {count} SMS offered before were not confirmed by task=sent:"
+                     " offered again later (if the app's Message Results API is off, set"
+                     " results_api = no, or each is sent again)", route=self.phone.route,
+                     count=len(pairs))
+            await self.phone.dispatcher.record_all(pairs)
 
     # -- task=sent ---------------------------------------------------------------------------
 
