@@ -1197,3 +1197,27 @@ def test_gate_an_sms_stamped_before_the_horizon_is_reported_not_taken(gate):
     assert gt.rig.inbound() == []
     row = gt.rig.rows()[ROUTE3]
     assert row.info["late_sms"] == 1 and "1 SMS reached the phone stamped too long ago" in row.detail
+
+
+def test_the_readme_example_is_the_issues_and_loads():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("### Android phones"):]
+    section = section[:section.index("\n## ")]
+    [example] = re.findall(r"```ini\n(.*?)```", section, re.DOTALL)
+    assert example == EXAMPLE
+    settings = loads(example)
+    assert [len(settings.channels[n].interfaces) for n in ("smssync", "smsgateway", "smsgate")] == [1, 1, 1]
+    # Every key the tables name is a key of its section.
+    from websmsd.config import smsgate, smsgateway, smssync
+
+    for module in (smssync, smsgateway, smsgate):
+        table = section[section.index(f"`[{module.NAME}]`\n"):]
+        table = table[:table.index("\n\n", table.index("| ---"))]
+        named = set()
+        for row in re.findall(r"^\| ([a-z_, ]+) \|", table, re.MULTILINE):
+            named |= {k.strip() for k in row.split(",")}
+        named.discard("key")
+        assert named == set(module.KEYS), module.NAME
