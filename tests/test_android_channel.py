@@ -952,10 +952,15 @@ class Line:
     def __init__(self, fake):
         self.stub = StubTreq(FakeResource(fake))
         self.down = False
+        self.hang = False  # requests that never get an answer
+        self.hanging: List[defer.Deferred] = []
 
     def request(self, method, url, **kw):
         if self.down:
             return defer.fail(net_error.ConnectionRefusedError("refused"))
+        if self.hang:
+            self.hanging.append(defer.Deferred())
+            return self.hanging[-1]
         return self.stub.request(method, url, **kw)
 
 
@@ -1221,3 +1226,16 @@ def test_the_readme_example_is_the_issues_and_loads():
             named |= {k.strip() for k in row.split(",")}
         named.discard("key")
         assert named == set(module.KEYS), module.NAME
+
+
+def test_gate_a_phone_that_hangs_times_out_into_down_and_a_stop_cancels_quietly(gate, events):
+    gt = gate()
+    gt.line.hang = True
+    gt.tick(5)
+    assert len(gt.line.hanging) == 1 and gt.rig.dispatcher.is_down(ROUTE3) is None
+    gt.tick(30)  # the request timeout
+    assert "no answer from" in gt.rig.dispatcher.is_down(ROUTE3)
+    gt.tick(5)
+    assert len(gt.line.hanging) == 2
+    gt.rig.parent.stopService()
+    assert not [e for e in events if e.get("log_failure") is not None]

@@ -136,6 +136,8 @@ class SMSGateChannel(Service):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self._polling is not None:
+            self._polling.cancel()  # a poll waiting for the phone (what it read is in the store or not at all)
         if self._pool is not None:
             return self._pool.closeCachedConnections()
         return defer.succeed(None)
@@ -177,8 +179,12 @@ class SMSGateChannel(Service):
     def _tick(self) -> None:
         self._timer = None
         d = self._polling = defer.ensureDeferred(self.poll_once())
-        d.addErrback(lambda f: log.failure("{route}: a poll failed", f, route=self.route))
+        d.addErrback(self._poll_failed)
         d.addBoth(self._polled)
+
+    def _poll_failed(self, failure: Any) -> None:
+        if not (failure.check(defer.CancelledError) and not self.running):
+            log.failure("{route}: a poll failed", failure, route=self.route)
 
     def _polled(self, _: Any) -> None:
         self._polling = None
