@@ -75,7 +75,7 @@ def test_the_issues_example_loads_as_written(tmp_path):
     [p1] = settings.channels["smssync"].interfaces
     assert (p1.name, p1.url_path, p1.secret, p1.number, p1.own_number) == (
         "phone1", "/smssync/phone1", "s3cr3t", ("+254700000001",), "+254700000001")
-    assert (p1.poll, p1.results_api, p1.instant_reply, p1.user) == (300.0, False, False, None)
+    assert (p1.poll, p1.results_api, p1.instant_reply, p1.user) == (300.0, "auto", False, None)
     [p2] = settings.channels["smsgateway"].interfaces
     assert (p2.url_path, p2.user, p2.password, p2.number, p2.poll) == (
         "/smsgateway/phone2", "gw", "pa$s", ("+254700000002",), 60.0)
@@ -115,9 +115,12 @@ def test_defaults_and_more_keys():
         "sim = 2\ndelivery_report = no\nskip_validation = yes\ntimeout = 5s\n")
     a, b = settings.channels["smssync"].interfaces
     assert (a.url_path, a.own_number, a.secret, a.results_api) == (
-        "/smssync/a", "+12025550100", "x", False)
+        "/smssync/a", "+12025550100", "x", "auto")
     assert (b.url_path, b.results_api, b.instant_reply, b.poll, b.user, b.password) == (
-        "/smssync/b", True, True, 120.0, "u", "p")
+        "/smssync/b", "yes", True, 120.0, "u", "p")
+    for text, value in (("no", "no"), ('"off"', "no"), ("AUTO", "auto"), ("true", "yes")):
+        conf = f"[smssync]\nnumber = +1\nresults_api = {text}\n"
+        assert loads(conf).channels["smssync"].interfaces[0].results_api == value
     [c] = settings.channels["smsgate"].interfaces
     assert (c.name, c.url, c.user, c.sim, c.delivery_report, c.skip_validation, c.timeout) == (
         "", "https://phone.lan:8443", "sms", 2, False, True, 5.0)
@@ -143,7 +146,7 @@ def test_warnings_for_open_urls():
     ("[smssync]\nnumber [a] = +1\nurl_path [a] = \"/x?y=1\"\n", "<string>:3: url_path[a]: '/x?y=1': a path only"),
     ("[smssync]\nnumber [a] = +1\nurl_path [a] = relative\n", "<string>:3: url_path[a]: 'relative' must start with '/'"),
     ("[smssync]\nnumber [a] = +1\npoll [a] = soon\n", "<string>:3: poll[a]: 'soon' is not a duration"),
-    ("[smssync]\nnumber [a] = +1\nresults_api [a] = maybe\n", "<string>:3: results_api[a]: 'maybe' is not yes or no"),
+    ("[smssync]\nnumber [a] = +1\nresults_api [a] = maybe\n", "<string>:3: results_api[a]: 'maybe' is not yes, no or auto"),
     ("[smssync]\nnumber [a] = +1\nsecrets [a] = x\n", "<string>:3: secrets: unknown key in [smssync]; did you mean secret?"),
     ("[smssync]\nnumber [a] = call me\n", "<string>:2: number[a]: 'call me' is not a phone number"),
     ("[smsgateway]\nnumber [a] = +1\nuser [a] = a:b\npassword [a] = x\n",
@@ -436,7 +439,7 @@ def test_smssync_basic_auth_when_configured(rigs, wired):
 
 
 def test_smssync_task_send_echoes_the_secret_and_hands_over_once(rigs, wired):
-    rig = smssync_rig(rigs)
+    rig = smssync_rig(rigs, "results_api [phone1] = no\n")
     wired(rig)
     m = rig.outbound(ROUTE1, body="Hi there")
     phone = SMSsyncPhone(URL1, "s3cr3t")
@@ -450,6 +453,70 @@ def test_smssync_task_send_echoes_the_secret_and_hands_over_once(rigs, wired):
     # Offered at most once: the next poll has nothing.
     assert phone.check_tasks() == []
     assert rig.get(m.id).status == SENT
+
+
+def test_smssync_auto_learns_a_phone_that_does_not_confirm(rigs, wired):
+    rig = smssync_rig(rigs)  # results_api = auto
+    wired(rig)
+    a = rig.outbound(ROUTE1, body="first")
+    phone = SMSsyncPhone(URL1, "s3cr3t")  # the app's default: Results API off
+    assert [x["uuid"] for x in phone.check_tasks()] == [a.id]
+    # Not known yet whether the phone confirms: "sending", and kept from fallbacks.
+    got = rig.get(a.id)
+    assert got.status == SENDING and got.next_attempt >= T0 + POLICY.max_age
+    assert rig.rows()[ROUTE1].info["results_api"] == "not known yet"
+    # It polls again without a task=sent: it sent what it was given.  Never offered twice.
+    b = rig.outbound(ROUTE1, body="second")
+    assert [x["uuid"] for x in phone.check_tasks()] == [b.id]
+    assert rig.get(a.id).status == SENT and [ok for _, ok, _ in rig.attempts(a.id)] == [1]
+    assert rig.get(b.id).status == SENT  # known now: counted when offered
+    assert rig.rows()[ROUTE1].info["results_api"] == "off (learned)"
+    assert phone.check_tasks() == []
+    assert phone.outbox == [{"to": "+254711000001", "message": "first", "uuid": a.id},
+                            {"to": "+254711000001", "message": "second", "uuid": b.id}]
+
+
+def test_smssync_auto_learns_a_phone_that_confirms_and_remembers_it(rigs, wired, tmp_path):
+    rig = smssync_rig(rigs)
+    wired(rig)
+    a = rig.outbound(ROUTE1, body="first")
+    phone = SMSsyncPhone(URL1, "s3cr3t", results_api=True)
+    assert [x["uuid"] for x in phone.check_tasks()] == [a.id]
+    assert rig.get(a.id).status == SENT
+    assert rig.rows()[ROUTE1].info["results_api"] == "on (learned)"
+    assert fired(rig.store.state(f"{ROUTE1}:results_api")) == "on"
+    # The same confirmation again: no longer waiting, not confirmed twice.
+    assert exchange(rig.site, phone.sent_ack_request([a.id])).json() == {"message_uuids": []}
+    rig.stop()
+    again = Rig(tmp_path, SMSSYNC).build("smssync")
+    try:
+        assert again.rows()[ROUTE1].info["results_api"] == "on (learned)"
+    finally:
+        again.stop()
+
+
+def test_smssync_auto_learns_it_from_a_result_query(rigs, wired):
+    rig = smssync_rig(rigs)
+    wired(rig)
+    assert exchange(rig.site, SMSsyncPhone(URL1, "s3cr3t").result_query_request()).status == 200
+    assert rig.rows()[ROUTE1].info["results_api"] == "on (learned)"
+
+
+def test_smssync_auto_restart_between_an_offer_and_the_next_poll(rigs, tmp_path, wired):
+    rig = smssync_rig(rigs)
+    m = rig.outbound(ROUTE1)
+    exchange(rig.site, SMSsyncPhone(URL1, "s3cr3t").send_poll_request())
+    rig.stop()
+    again = Rig(tmp_path, SMSSYNC).build("smssync")
+    wired(again)
+    try:
+        # The offer left before the restart: the phone may have sent it.  Its next poll,
+        # without a confirmation, settles it as sent; it is not offered again.
+        assert again.get(m.id).status == SENDING
+        assert SMSsyncPhone(URL1, "s3cr3t").check_tasks() == []
+        assert again.get(m.id).status == SENT
+    finally:
+        again.stop()
 
 
 def test_smssync_task_send_with_a_wrong_secret_hands_out_nothing(rigs, wired):
@@ -544,7 +611,7 @@ def test_smssync_results_api_confirmation_whose_answer_never_left_is_not_counted
 
 
 def test_smssync_confirmations_from_a_phone_configured_without_them_still_work(rigs, wired, events):
-    rig = smssync_rig(rigs)  # results_api = no, but the app has it on
+    rig = smssync_rig(rigs, "results_api [phone1] = no\n")  # but the app has it on
     wired(rig)
     m = rig.outbound(ROUTE1)
     phone = SMSsyncPhone(URL1, "s3cr3t", results_api=True)
@@ -560,7 +627,7 @@ def test_smssync_results_are_hints_that_never_go_backwards(rigs, wired):
     b = rig.outbound(ROUTE1, body="b")
     c = rig.outbound(ROUTE1, body="c")
     phone = SMSsyncPhone(URL1, "s3cr3t", results_api=True)
-    exchange(rig.site, phone.send_poll_request())  # off on the server: handed over when offered
+    assert len(phone.check_tasks()) == 3
     query, posted = phone.report_results({
         a.id: {"sent_result_code": 0, "delivered_result_code": -1,
                "delivered_timestamp": "Feb 21, 2017 3:36:40 PM"},
@@ -1239,3 +1306,28 @@ def test_gate_a_phone_that_hangs_times_out_into_down_and_a_stop_cancels_quietly(
     assert len(gt.line.hanging) == 2
     gt.rig.parent.stopService()
     assert not [e for e in events if e.get("log_failure") is not None]
+
+
+def test_smssync_an_offer_not_settled_yet_is_kept_from_fallback_routes(rigs, wired):
+    rig = smssync_rig(rigs)  # results_api = auto, not known yet
+    wired(rig)
+    from websmsd.channel import Outcome
+
+    sent = []
+
+    class Sink:
+        def send(self, message):
+            sent.append(message.id)
+            return defer.succeed(Outcome.sent("ok"))
+
+    rig.dispatcher.add_route("itsp:backup", Sink())
+    offered = rig.outbound(ROUTE1, body="offered", fallback=("itsp:backup",))
+    phone = SMSsyncPhone(URL1, "s3cr3t")
+    assert len(phone.check_tasks()) == 1
+    waiting = rig.outbound(ROUTE1, body="not offered", fallback=("itsp:backup",))
+    rig.clock.advance(181)
+    assert rig.dispatcher.is_down(ROUTE1) is not None
+    assert sent == [waiting.id]
+    assert (rig.get(offered.id).route, rig.get(offered.id).status) == (ROUTE1, SENDING)
+    phone.check_tasks()  # back, without a confirmation: the phone sent it
+    assert rig.get(offered.id).status == SENT

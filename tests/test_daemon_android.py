@@ -166,6 +166,31 @@ def test_smssync_killed_between_request_and_answer(make_daemon):
     wait_for(lambda: message(d, queued)[0] == "sent", what="sent")
 
 
+def test_smssync_killed_between_a_confirmation_and_its_answer(make_daemon):
+    d = make_daemon(smssync=SMSSYNC)  # results_api = auto: learned from the phone
+    url = d.webhook_url + "/smssync/phone1"
+    phone = SMSsyncPhone(url, "s3cr3t", results_api=True, timeout=1.0)
+    first = submit(d, "+254711000001", "first", "phone1")
+    assert [m["uuid"] for m in phone.check_tasks()] == [first]  # it confirms: learned
+    wait_for(lambda: message(d, first)[0] == "sent", what="sent")
+    second = submit(d, "+254711000002", "second", "phone1")
+    offer = send(phone.send_poll_request())
+    assert [m["uuid"] for m in offer.json()["payload"]["messages"]] == [second]
+    # The phone's task=sent waits in the socket of a stopped daemon, which is killed:
+    # the phone got no confirmation, so it sends nothing.
+    d.proc.send_signal(signal.SIGSTOP)
+    with pytest.raises(OSError):
+        send(phone.sent_ack_request([second]), timeout=1.0)
+    d.kill()
+    restart(d)
+    assert message(d, second)[0] in ("queued", "sending")
+    sent = wait_for(lambda: phone.check_tasks(), what="offered again")
+    assert [m["uuid"] for m in sent] == [second]
+    wait_for(lambda: message(d, second)[0] == "sent", what="sent")
+    assert [m["uuid"] for m in phone.outbox] == [first, second]  # each sent once
+    assert phone.check_tasks() == []
+
+
 def test_smssync_a_silent_phone_is_a_route_down_until_it_polls(make_daemon):
     d = make_daemon(smssync=SMSSYNC + "poll [phone1] = 0.5\n")
     phone = SMSsyncPhone(d.webhook_url + "/smssync/phone1", "s3cr3t")

@@ -64,6 +64,8 @@ class PolledPhone(Service):
         self._timer: Any = None
         # Run once when the daemon starts (the store is open by then): async callables.
         self.on_start: List[Any] = []
+        # More facts for the status row: callables returning a dict.
+        self.info: List[Any] = []
 
     # -- the silence watch ---------------------------------------------------------------
 
@@ -162,7 +164,10 @@ class PolledPhone(Service):
 
     # -- the status page -------------------------------------------------------------------
 
-    def status(self, waiting: Optional[int], info: Optional[dict] = None) -> Any:
+    def status(self, waiting: Optional[int]) -> Any:
+        info: dict = {}
+        for more in self.info:
+            info.update(more())
         return self.presence.row(self.reactor.seconds(), waiting, info)
 
 

@@ -44,7 +44,7 @@ def _build_polled(wiring: Any, section: Any, kind: str) -> None:
         if kind == "smssync":
             from .smssync_web import SMSsyncResource
 
-            resource = SMSsyncResource(phone)
+            resource = SMSsyncResource(phone, wiring.dispatcher.policy.max_age)
         else:
             from .medic_web import SMSGatewayResource
 

@@ -8,16 +8,25 @@ What each request does (the protocol itself is websmsd.android.smssync):
   and never stored.  With `instant_reply`, SMS due on the route ride in that answer.
 - ``GET ?task=send`` (secret checked, and echoed: the phone sends nothing otherwise)
   offers the SMS due on the route.
-- When is an SMS handed over?  With the Message Results API off (the app's default) the
-  phone sends whatever it is given, at once, and never says so: an SMS counts as sent
-  once the answer offering it left websmsd, and is never offered again.  With it on
-  (`results_api = yes`) the phone first asks ``POST ?task=sent`` which of the offered
-  SMS to send and sends only those confirmed: an SMS counts as sent once the answer
-  confirming it left websmsd.  One offered but not confirmed by the phone's next
-  ``task=send`` (the app confirms right after each) was not taken: that attempt failed,
-  and the retry policy offers it again later (the phone sends nothing unconfirmed; a
-  phone whose Results API is off after all would send each offer: a bounded number).  Either way the
-  store is written *after* the answer went out: a daemon killed between the phone's
+- When is an SMS handed over?  With the app's Message Results API off (its default)
+  the phone sends whatever it is given, at once, and never says so; with it on, it first
+  asks ``POST ?task=sent`` which of the offered SMS to send, and sends only those
+  confirmed.  `results_api` says which (yes, no), or `auto` (the default) learns it: a
+  ``task=sent`` or a ``GET ?task=result`` (made only with the API on) shows it is on
+  (remembered in the store); a ``task=send`` poll with no ``task=sent`` since the last
+  offer shows it is off.  So:
+
+  - off: an SMS counts as sent once the answer offering it left websmsd, and is never
+    offered again;
+  - on: it counts as sent once the answer confirming it left websmsd (only what was
+    offered to this phone and is still waiting is confirmed: the request has no
+    secret); one the phone did not confirm before its next poll was not taken: a
+    failed attempt, offered again by the retry policy;
+  - not known yet: an offered SMS is "sending" until the phone confirms it (then as
+    on) or polls again without confirming anything (then as off: it sent it).  Until
+    then it is kept from fallback routes (the phone may be sending it).
+
+  The store is written *after* the answer went out: a daemon killed between the phone's
   request and the answer never counts an SMS the phone did not get.
 - ``task=result`` reports are hints (the app never fills sent codes; a sent SMS usually
   has no entry): a delivery report moves an SMS to delivered, a send failure to failed,
@@ -55,29 +64,64 @@ def outgoing(messages: List[Message]) -> List[smssync.OutgoingSMS]:
 class SMSsyncResource(PhoneResource):
     """One SMSsync phone's Sync URL."""
 
-    def __init__(self, phone: PolledPhone) -> None:
+    def __init__(self, phone: PolledPhone, max_age: float) -> None:
         super().__init__(phone)
         self.settings = phone.phone
-        # Results API on: offered in a task=send answer, not confirmed yet.
+        self.max_age = max_age
+        self.state_name = f"{phone.route}:results_api"
+        # The app's Message Results API: True (on), False (off), None (not known yet).
+        self.results_api: Optional[bool] = {"yes": True, "no": False}.get(self.settings.results_api)
+        self.learned = False  # results_api learned from the phone (not configured)
+        # Offered in a task=send answer, waiting for the phone's confirmation (or, not
+        # knowing its Results API yet, for its next poll).
         self.offered: Dict[str, Tuple[Message, float]] = {}
-        # Handed over lately: uuid -> when (for task=result, and a task=sent that comes
-        # although results_api says the app does not send it).
+        self.confirmed_since_poll = False  # a task=sent came after the last task=send
+        # Handed over lately: uuid -> when (for task=result).
         self.handed: "OrderedDict[str, float]" = OrderedDict()
-        self._told_results_api = False
+        # Counted as sent when offered (Results API off), not confirmed yet: a phone whose
+        # user turned the API on meanwhile asks task=sent for them once.
+        self.confirmable: "OrderedDict[str, float]" = OrderedDict()
+        phone.info.append(self.info)
 
     def internal_error(self) -> Answer:
         return smssync.incoming_refused("websmsd failed on this request; it will be retried", 500)
 
+    def info(self) -> dict:
+        known = {True: "on", False: "off", None: "not known yet"}[self.results_api]
+        how = "learned" if self.learned else ("configured" if self.results_api is not None else "")
+        return {"results_api": f"{known} ({how})" if how else known, "offered": len(self.offered)}
+
     async def resume(self) -> None:
-        """At start: an SMS left "sending" was offered before the restart and not known
-        to be handed over (the daemon stopped between the phone's request and the
-        answer, or before a confirmation): it waits for the phone's next poll again."""
+        """At start: the Results API as learned before; an SMS left "sending" was either
+        offered in an answer that left (kept from the dispatcher until the phone's next
+        poll settles it) or claimed for an answer that may never have left: that one waits
+        for the phone's next poll again."""
+        if self.settings.results_api == "auto":
+            if await self.phone.store.state(self.state_name) == "on":
+                self.results_api, self.learned = True, True
+        now = self.reactor.seconds()
         due = await self.phone.store.due(self.phone.route, float("inf"), 10_000)
-        stale = [m for m in due if m.status == SENDING]
+        stale = []
+        for m in due:
+            if m.status != SENDING:
+                continue
+            if m.next_attempt > now:
+                self.offered[m.id] = (m, m.updated)
+            else:
+                stale.append(m)
         if stale:
-            log.info("{route}: {count} SMS offered before the restart and not handed over:"
+            log.info("{route}: {count} SMS claimed before the restart and not offered:"
                      " offered again", route=self.phone.route, count=len(stale))
-            await self.phone.release(stale, "offered before websmsd restarted; not handed over")
+            await self.phone.release(stale, "claimed before websmsd restarted; not handed over")
+
+    async def _learn(self, on: bool, why: str) -> None:
+        if self.settings.results_api != "auto" or self.results_api is on:
+            return
+        self.results_api, self.learned = on, True
+        log.info("{route}: the app's Message Results API is {state} ({why})", route=self.phone.route,
+                 state="on" if on else "off", why=why)
+        if on:
+            await self.phone.store.add([], state=(self.state_name, "on"))
 
     # -- dispatch ------------------------------------------------------------------------
 
@@ -111,6 +155,7 @@ class SMSsyncResource(PhoneResource):
             await self.send_poll(request, secret)
         elif kind == smssync.RESULT_QUERY:
             self.phone.contact(request)
+            await self._learn(True, "it asks task=result")
             await self.write(request, smssync.result_query_answer(self._awaiting_results()))
         else:
             await self.result_report(request)
@@ -124,12 +169,11 @@ class SMSsyncResource(PhoneResource):
             await self.refuse(request, smssync.refusal_answer(parsed), parsed.reason)
             return
         phone = self.phone
+        phone.contact(request)
         if isinstance(parsed, smssync.TestIntegration):
-            phone.contact(request)
             log.info("{route}: the app's \"Test integration\" (not an SMS)", route=phone.route)
             await self.write(request, smssync.test_integration_answer())
             return
-        phone.contact(request)
         message = phone.inbound(parsed.sender, parsed.text, parsed.message_id)
         try:
             new = (await phone.wiring.accept([message]))[0]
@@ -147,6 +191,7 @@ class SMSsyncResource(PhoneResource):
         replies = await phone.take(PER_ANSWER) if self.settings.instant_reply else []
         sent = await self.write(request, smssync.incoming_accepted(outgoing(replies)))
         if sent:
+            # The app sends an instant reply at once, without asking task=sent.
             await phone.handed_over(replies, "in the answer to a posted SMS (instant reply)")
             self._remember(m.id for m in replies)
         else:
@@ -157,44 +202,53 @@ class SMSsyncResource(PhoneResource):
     async def send_poll(self, request: Any, secret: Optional[str]) -> None:
         phone = self.phone
         phone.contact(request, poll=True)
+        await self._settle_offers()
+        self.confirmed_since_poll = False
         now = self.reactor.seconds()
-        if not self.settings.results_api:
-            taken = await phone.take(PER_ANSWER)
-            sent = await self.write(request, smssync.send_task_answer(outgoing(taken), secret))
-            if sent:
-                await phone.handed_over(taken, "offered to the phone, which sends what it is"
-                                               " given (Message Results API off)")
-                self._remember(m.id for m in taken)
-            else:
-                await phone.release(taken, "the phone left before the answer offering it")
-            return
-        await self._not_confirmed(now)
         taken = await phone.take(PER_ANSWER)
-        for m in taken:
-            self.offered[m.id] = (m, now)
-        await self.write(request, smssync.send_task_answer(outgoing(taken), secret))
+        sent = await self.write(request, smssync.send_task_answer(outgoing(taken), secret))
+        if not sent:
+            await phone.release(taken, "the phone left before the answer offering it")
+        elif self.results_api is False:
+            await phone.handed_over(taken, "offered to the phone, which sends what it is given"
+                                           " (Message Results API off)")
+            self._remember((m.id for m in taken), confirmable=True)
+        else:
+            for m in taken:
+                self.offered[m.id] = (m, now)
+            if self.results_api is None and taken:
+                # The phone may be sending them (if its Results API is off): not for a
+                # fallback route while it is silent.
+                until = now + self.max_age
+                await phone.store.update([(m.id, {"next_attempt": until}) for m in taken])
 
-    async def _not_confirmed(self, now: float) -> None:
-        """SMS offered at an earlier task=send and never confirmed: the phone asks task=sent
-        right after each task=send, so it did not take them.  Each counts as a failed
-        attempt and is offered again by the retry policy (so that a phone whose Message
-        Results API is off after all, which sends what it is offered, does not get
-        them again at every poll)."""
-        pairs = []
-        for uuid, (m, offered_at) in list(self.offered.items()):
+    async def _settle_offers(self) -> None:
+        """What became of the SMS offered at an earlier task=send, now that the phone
+        polls again (the app asks task=sent right after each task=send, when it does)."""
+        if not self.offered:
+            return
+        if self.results_api is None and not self.confirmed_since_poll:
+            await self._learn(False, "it polled again without confirming what it was offered")
+        pending = []
+        for uuid, (_, offered_at) in list(self.offered.items()):
             del self.offered[uuid]
             current = await self.phone.ours(uuid, (SENDING,))
             if current is not None:
-                pairs.append((current, Outcome.failed(
-                    f"offered at {clock(offered_at)}, not confirmed by the phone (task=sent);"
-                    " offered again later (if the app's Message Results API is off, set"
-                    " results_api = no: the phone sent it)")))
-        if pairs:
-            log.warn("{route}: {count} SMS offered before were not confirmed by task=sent:"
-                     " offered again later (if the app's Message Results API is off, set"
-                     " results_api = no, or each is sent again)", route=self.phone.route,
-                     count=len(pairs))
-            await self.phone.dispatcher.record_all(pairs)
+                pending.append((current, offered_at))
+        if not pending:
+            return
+        if self.results_api is False:
+            await self.phone.handed_over([m for m, _ in pending],
+                                         "offered to the phone, which sends what it is given"
+                                         " (Message Results API off)",
+                                         min(t for _, t in pending))
+            self._remember((m.id for m, _ in pending), confirmable=True)
+            return
+        log.warn("{route}: {count} SMS offered at the last poll were not confirmed by the phone"
+                 " (task=sent): offered again later", route=self.phone.route, count=len(pending))
+        await self.phone.dispatcher.record_all([(m, Outcome.failed(
+            f"offered at {clock(t)}, not confirmed by the phone (task=sent), so not sent;"
+            " offered again later")) for m, t in pending])
 
     # -- task=sent ---------------------------------------------------------------------------
 
@@ -205,29 +259,34 @@ class SMSsyncResource(PhoneResource):
             return
         phone = self.phone
         phone.contact(request)
-        if not self.settings.results_api:
-            if not self._told_results_api:
-                self._told_results_api = True
-                log.warn("{route}: the phone confirms what it sends (task=sent): its Message"
-                         " Results API is on; set results_api = yes", route=phone.route)
-            self._expire()
-            # Counted as sent when offered: confirm them, or the phone sends nothing.
-            await self.write(request, smssync.sent_ack_answer(uuids, self.handed))
-            return
+        self.confirmed_since_poll = True
+        if self.results_api is False and self.settings.results_api == "no":
+            log.warn("{route}: the phone confirms what it sends (task=sent): its Message Results"
+                     " API is on; set results_api = yes (or auto)", route=phone.route)
+        await self._learn(True, "it confirms with task=sent")
         pending: Dict[str, Message] = {}
+        earlier: List[str] = []
         for uuid in uuids:
-            if uuid in self.offered and uuid not in pending:
+            if uuid in pending or uuid in earlier:
+                continue
+            if uuid in self.offered:
                 current = await phone.ours(uuid, (SENDING,))
                 if current is not None:
                     pending[uuid] = current
                 else:
                     del self.offered[uuid]
-        unknown = [u for u in uuids if u not in pending]
-        if unknown:
+            elif uuid in self.confirmable:
+                earlier.append(uuid)  # counted as sent when offered: confirm it once
+        refused = len(set(uuids)) - len(pending) - len(earlier)
+        if refused:
             log.warn("{route}: task=sent names {count} uuids not offered to this phone or no"
-                     " longer pending: not confirmed", route=phone.route, count=len(unknown))
-        sent = await self.write(request, smssync.sent_ack_answer(uuids, pending))
-        if sent and pending:
+                     " longer waiting: not confirmed", route=phone.route, count=refused)
+        sent = await self.write(request, smssync.sent_ack_answer(uuids, set(pending) | set(earlier)))
+        if not sent:
+            return  # the phone got no confirmation: it sends nothing
+        for uuid in earlier:
+            self.confirmable.pop(uuid, None)
+        if pending:
             since = min(self.offered[u][1] for u in pending)
             for uuid in pending:
                 del self.offered[uuid]
@@ -237,18 +296,21 @@ class SMSsyncResource(PhoneResource):
 
     # -- task=result ---------------------------------------------------------------------------
 
-    def _remember(self, uuids: Any) -> None:
+    def _remember(self, uuids: Any, confirmable: bool = False) -> None:
         now = self.reactor.seconds()
         for uuid in uuids:
             self.handed[uuid] = now
             self.handed.move_to_end(uuid)
+            if confirmable:
+                self.confirmable[uuid] = now
         self._expire()
 
     def _expire(self) -> None:
         now = self.reactor.seconds()
-        while self.handed and (len(self.handed) > REMEMBER
-                               or next(iter(self.handed.values())) < now - REMEMBER_FOR):
-            self.handed.popitem(last=False)
+        for remembered, keep_for in ((self.handed, REMEMBER_FOR), (self.confirmable, 3600.0)):
+            while remembered and (len(remembered) > REMEMBER
+                                  or next(iter(remembered.values())) < now - keep_for):
+                remembered.popitem(last=False)
 
     def _awaiting_results(self) -> List[str]:
         self._expire()

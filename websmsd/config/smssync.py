@@ -5,7 +5,7 @@
     secret   [phone1] = s3cr3t
     number   [phone1] = +254700000001     ; the phone's own number: MESSAGE(to) of its SMS
     poll     [phone1] = 5m                ; the app's task-check interval (default 5m)
-    results_api [phone1] = no             ; the app's "Message Results API" (default off)
+    results_api [phone1] = auto           ; the app's "Message Results API": yes, no, auto
     instant_reply [phone1] = no           ; the app's "Get reply from server" (default off)
     user     [phone1] = gw                ; Basic auth, when the Sync URL has user:pass@
     password [phone1] = pa$s
@@ -42,8 +42,9 @@ class SMSsyncPhone:
     # How often the phone checks for tasks (the app's "task check" interval): a phone
     # that makes no request for three of these is silent, its route down.
     poll: float = 300.0
-    # The app's "Message Results API": the phone acknowledges (task=sent) what it sends.
-    results_api: bool = False
+    # The app's "Message Results API" (the phone confirms with task=sent what it sends):
+    # yes, no, or auto (learned from the phone's requests).
+    results_api: str = "auto"
     # The app's "Get reply from server": SMS due on this route ride in the answer to a
     # posted SMS.
     instant_reply: bool = False
@@ -70,6 +71,15 @@ def _phone_path(text: str, note: Note) -> str:
     return text
 
 
+def _yes_no_auto(text: str, note: Note) -> str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return "yes" if _boolean(text, note) else "no"
+    except ValueError:
+        raise ValueError(f"{text!r} is not yes, no or auto") from None
+
+
 def _user(text: str, note: Note) -> Optional[str]:
     if not text:
         return None
@@ -92,7 +102,7 @@ KEYS = _keys(
     _USER_KEY,
     _PASSWORD_KEY,
     _Key("poll", _duration),
-    _Key("results_api", _boolean, reads_booleans=True),
+    _Key("results_api", _yes_no_auto, reads_booleans=True),
     _Key("instant_reply", _boolean, reads_booleans=True),
 )
 
