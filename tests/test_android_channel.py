@@ -909,6 +909,12 @@ def test_gateway_an_offer_whose_answer_was_lost_is_offered_again_and_sent_once(r
 
 def test_gateway_gzip_answers_when_asked(rigs):
     rig = gateway_rig(rigs)
+    check = MedicPhone(URL2).settings_check_request()
+    assert exchange(rig.site, check).headers["content-encoding"] == "gzip"
+    small = exchange(rig.site, MedicPhone(URL2).poll_request([], []))
+    assert small.headers["content-encoding"] == "gzip" and small.json() == {"messages": []}
+    assert exchange(rig.site, MedicPhone(URL2.replace("pa$s", "x")).poll_request([], [])
+                    ).headers["content-encoding"] == "gzip"
     for i in range(3):
         rig.outbound(ROUTE2, body=f"message number {i} " + "x" * 60)
     request = MedicPhone(URL2).poll_request([], [])
@@ -1178,8 +1184,25 @@ def test_gate_a_send_that_finds_the_phone_gone_spends_no_attempt(gate):
     m = gt.rig.outbound(ROUTE3)
     gt.rig.clock.advance(0)
     got = gt.rig.get(m.id)
-    assert (got.status, got.attempts) == (QUEUED, 0) and "waiting: route" in got.reason
+    assert (got.status, got.attempts) == (QUEUED, 0)
+    assert got.reason.startswith("waiting: the phone does not answer: connection refused")
     assert gt.rig.dispatcher.is_down(ROUTE3) is not None
+    # With a fallback route, it moves on at once.
+    moved = gt.rig.outbound("smsgate:phone3", fallback=("itsp:backup",))
+    from websmsd.channel import Outcome
+
+    class Sink:
+        sent: list = []
+
+        def send(self, message):
+            self.sent.append(message.id)
+            return defer.succeed(Outcome.sent("ok"))
+
+    gt.rig.dispatcher.add_route("itsp:backup", Sink())
+    gt.rig.dispatcher.set_down(ROUTE3, None)  # as if the phone had answered a poll
+    gt.rig.clock.advance(0)
+    assert gt.rig.get(moved.id).route == "itsp:backup" and Sink.sent == [moved.id]
+    assert gt.rig.get(m.id).attempts == 0
 
 
 def test_gate_health_500_is_not_down_and_wrong_credentials_are(gate):

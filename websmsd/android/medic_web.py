@@ -4,6 +4,7 @@ The protocol itself is websmsd.android.medic.  What each request does:
 
 - ``GET``: the app's settings check: ``{"medic-gateway": true}``, or 401 for wrong
   credentials (a percent-encoded password, as the app sends it, is accepted).
+- Answers are gzipped whenever the request says ``Accept-Encoding: gzip``.
 - ``POST``: the poll.  Everything in it is done before the 2xx, because on any 2xx the
   phone forgets what it posted: the received SMS are committed (de-duplicated on the
   phone's id), the status updates applied; anything that fails gets a non-2xx and the
@@ -21,6 +22,7 @@ The protocol itself is websmsd.android.medic.  What each request does:
 
 from __future__ import annotations
 
+import gzip
 from typing import Any, Dict, List, Optional
 
 from twisted.logger import Logger
@@ -58,6 +60,17 @@ class SMSGatewayResource(PhoneResource):
 
     def internal_error(self) -> Answer:
         return medic.error_answer(500, "websmsd failed on this request; send it again")
+
+    def write(self, request: Any, answer: Answer) -> Any:
+        """Every answer gzipped when the request allows it (Android adds Accept-Encoding:
+        gzip and inflates the answer itself), however short."""
+        if answer.header("Content-Encoding") is None and medic.accepts_gzip(
+                request.getHeader(b"accept-encoding")):
+            body = gzip.compress(answer.body, mtime=0)
+            headers = tuple(h for h in answer.headers if h[0].lower() != "vary")
+            answer = Answer(answer.status, body, answer.content_type,
+                            headers + (("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding")))
+        return super().write(request, answer)
 
     async def resume(self) -> None:
         """At start: whatever was "sending" on this route may be on the phone, or was

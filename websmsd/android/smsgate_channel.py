@@ -114,7 +114,12 @@ class SMSGateChannel(Service):
             return Outcome.sent(out.reason, provider_id=out.provider_id or message.id, code=out.status)
         if out.down:
             self._unreachable(now, out.reason)
-            return Outcome.route_down(out.reason, code=out.status)
+            if message.fallback:
+                return Outcome.route_down(out.reason, code=out.status)
+            # Not an attempt; the poller says when the phone answers again (the route is
+            # down until then, since the first unanswered request).
+            return Outcome.later(self.phone.poll, f"waiting: the phone does not answer: {out.reason}",
+                                 code=out.status)
         self.presence.result(now, f"{message.id} not taken: {out.reason}")
         if out.permanent:
             return Outcome.failed(out.reason, permanent=True, code=out.status)
