@@ -244,8 +244,17 @@ class SMSsyncResource(PhoneResource):
                                          min(t for _, t in pending))
             self._remember((m.id for m, _ in pending), confirmable=True)
             return
-        log.warn("{route}: {count} SMS offered at the last poll were not confirmed by the phone"
-                 " (task=sent): offered again later", route=self.phone.route, count=len(pending))
+        if self.confirmed_since_poll:
+            log.warn("{route}: {count} SMS offered at the last poll were not confirmed by the"
+                     " phone (task=sent): offered again later", route=self.phone.route,
+                     count=len(pending))
+        else:
+            # Known to confirm, yet no task=sent at all: lost on the way, or the app's
+            # Results API was turned off (then it sent them, and sends each offer again).
+            log.warn("{route}: the phone polled again without confirming the {count} SMS it"
+                     " was offered: offered again later (if its Message Results API was"
+                     " turned off, set results_api = no, or each offer is sent)",
+                     route=self.phone.route, count=len(pending))
         await self.phone.dispatcher.record_all([(m, Outcome.failed(
             f"offered at {clock(t)}, not confirmed by the phone (task=sent), so not sent;"
             " offered again later")) for m, t in pending])
