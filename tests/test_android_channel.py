@@ -34,7 +34,7 @@ from websmsd.config import ConfigError, load, loads, report
 from websmsd.dispatch import Dispatcher, RetryPolicy
 from websmsd.http.board import ChannelBoard
 from websmsd.http.site import WebhookRoot, make_site
-from websmsd.message import CANCELLED, DELIVERED, FAILED, IN, OUT, QUEUED, SENDING, SENT, Message
+from websmsd.message import DELIVERED, FAILED, IN, OUT, QUEUED, SENDING, SENT, Message
 from websmsd.metrics import Metrics
 from websmsd.service import Wiring
 from websmsd.store import Store, StoreError
@@ -1137,6 +1137,8 @@ def test_gate_reads_the_inbox_once_across_polls_and_restarts(gate, tmp_path):
     again.clock.advance(0)
     try:
         assert [m.body for m in again.inbound()] == ["first", "second", "third"]
+        second.tick(5)
+        assert len(again.inbound()) == 3
     finally:
         again.stop()
 

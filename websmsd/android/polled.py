@@ -27,7 +27,7 @@ from websmsd.http.site import body_of, gone, record_refusal
 from websmsd.message import IN, Message
 
 from .answer import Answer, is_clean, is_text
-from .presence import PhonePresence, clock, safe_sender
+from .presence import PhonePresence, safe_sender
 
 log = Logger()
 
@@ -247,4 +247,4 @@ class PhoneResource(Resource, abc.ABC):
         return request.uri.partition(b"?")[2]
 
 
-__all__ = ["PER_ANSWER", "PhoneResource", "PolledPhone", "clock", "unusable", "waiting_counts"]
+__all__ = ["PER_ANSWER", "PhoneResource", "PolledPhone", "unusable", "waiting_counts"]

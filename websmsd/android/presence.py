@@ -148,9 +148,12 @@ class PhonePresence:
 
     # -- websmsd polls the phone -------------------------------------------------------
 
-    def reached(self, now: float) -> bool:
-        """A poll got its answers.  True when the phone was unreachable until now."""
-        self.last_contact = self.last_poll = now
+    def reached(self, now: float, poll: bool = True) -> bool:
+        """A poll (or a send) got its answers.  True when the phone was unreachable until
+        now."""
+        self.last_contact = now
+        if poll:
+            self.last_poll = now
         back = self.unreachable_since is not None
         if back:
             self.trouble = self.trouble_since = None

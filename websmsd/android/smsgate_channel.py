@@ -107,7 +107,7 @@ class SMSGateChannel(Service):
         out = await self.client.send(message.id, message.recipient, message.body, self.phone.sim)
         now = self.reactor.seconds()
         if out.ok:
-            self._reached(now)
+            self._reached(now, poll=False)
             self.followed[message.id] = Followed(message.id, now, now + self.phone.poll)
             self.presence.count("handed_over")
             self.presence.result(now, f"{message.id} taken by the phone (HTTP {out.status})")
@@ -142,7 +142,8 @@ class SMSGateChannel(Service):
             self._timer.cancel()
         self._timer = None
         if self._polling is not None:
-            self._polling.cancel()  # a poll waiting for the phone (what it read is in the store or not at all)
+            # A poll waiting for the phone: what it read is in the store, or not at all.
+            self._polling.cancel()
         if self._pool is not None:
             return self._pool.closeCachedConnections()
         return defer.succeed(None)
@@ -328,8 +329,8 @@ class SMSGateChannel(Service):
 
     # -- up and down -----------------------------------------------------------------------
 
-    def _reached(self, now: float) -> None:
-        if self.presence.reached(now):
+    def _reached(self, now: float, poll: bool = True) -> None:
+        if self.presence.reached(now, poll):
             log.info("{route}: the phone answers again", route=self.route)
         if self.dispatcher.is_down(self.route) is not None:
             self.dispatcher.set_down(self.route, None)
