@@ -1356,3 +1356,40 @@ def test_smssync_an_offer_not_settled_yet_is_kept_from_fallback_routes(rigs, wir
     assert (rig.get(offered.id).route, rig.get(offered.id).status) == (ROUTE1, SENDING)
     phone.check_tasks()  # back, without a confirmation: the phone sent it
     assert rig.get(offered.id).status == SENT
+
+
+def test_smssync_put_and_a_sync_url_with_its_own_query(rigs, wired):
+    rig = smssync_rig(rigs)
+    wired(rig)
+    m = rig.outbound(ROUTE1)
+    phone = SMSsyncPhone(URL1 + "?id=7&h=x", "s3cr3t", method="PUT")
+    assert phone.receive_sms("+254722000111", "put it")
+    assert phone.send_poll_request().target.startswith("/smssync/phone1?id=7&h=x?task=send&secret=")
+    assert [x["uuid"] for x in phone.check_tasks()] == [m.id]
+    assert [x.body for x in rig.inbound()] == ["put it"]
+
+
+def test_gateway_url_with_a_query_string(rigs, wired):
+    rig = gateway_rig(rigs)
+    wired(rig)
+    phone = MedicPhone(URL2 + "?id=dev1&h=abc")
+    phone.receive_sms("+254733000111", "with a query")
+    reply, _ = phone.poll()
+    assert reply.status == 200 and [m.body for m in rig.inbound()] == ["with a query"]
+
+
+def test_gateway_a_status_for_a_message_given_back_claims_it_again(rigs, wired):
+    rig = gateway_rig(rigs)
+    wired(rig)
+    from websmsd.channel import Outcome
+
+    phone = MedicPhone(URL2)
+    m = rig.outbound(ROUTE2)
+    phone.poll()
+    # As if websmsd had given it back (an answer it thought lost): the phone has it.
+    fired(rig.dispatcher.record(rig.get(m.id), Outcome.later(0, "given back")))
+    assert rig.get(m.id).status == QUEUED
+    reply, _ = phone.poll()  # UNSENT
+    assert rig.get(m.id).status == SENDING and rig.get(m.id).next_attempt > T0 + 3600
+    assert reply.json() == {"messages": []}
+    assert list(phone.store) == [m.id]
