@@ -698,6 +698,7 @@ def test_smssync_a_phone_silent_for_three_polls_is_down_until_it_polls(rigs, wir
     phone.check_tasks()
     rig.clock.advance(179)
     assert rig.dispatcher.is_down(ROUTE1) is None and rig.rows()[ROUTE1].state == "up"
+    assert rig.rows()[ROUTE1].since == T0
     rig.clock.advance(1)
     reason = rig.dispatcher.is_down(ROUTE1)
     assert reason is not None and reason.startswith("phone silent since ")
@@ -708,7 +709,9 @@ def test_smssync_a_phone_silent_for_three_polls_is_down_until_it_polls(rigs, wir
     rig.clock.advance(600)
     assert (rig.get(m.id).status, rig.get(m.id).attempts) == (QUEUED, 0)
     assert [x["uuid"] for x in phone.check_tasks()] == [m.id]
-    assert rig.dispatcher.is_down(ROUTE1) is None and rig.rows()[ROUTE1].state == "up"
+    row = rig.rows()[ROUTE1]
+    assert rig.dispatcher.is_down(ROUTE1) is None and row.state == "up"
+    assert row.since == rig.clock.seconds() == T0 + 780  # up again since then
 
 
 def test_smssync_a_phone_that_never_polls_is_silent_three_intervals_after_start(rigs):

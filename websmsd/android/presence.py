@@ -113,12 +113,15 @@ class PhonePresence:
     last_result: Optional[str] = None
     last_result_at: Optional[float] = None
     counters: Dict[str, int] = field(default_factory=dict)
+    up_since: Optional[float] = None  # when it last came up (first contact, or back)
 
     # -- the phone calls websmsd -------------------------------------------------------
 
     def contact(self, now: float, user_agent: Union[bytes, str, None] = None,
                 poll: bool = False) -> bool:
         """A request from the phone.  True when it was silent until now."""
+        if self.last_contact is None or self.silent:
+            self.up_since = now
         self.last_contact = now
         if poll:
             self.last_poll = now
@@ -151,10 +154,12 @@ class PhonePresence:
     def reached(self, now: float, poll: bool = True) -> bool:
         """A poll (or a send) got its answers.  True when the phone was unreachable until
         now."""
+        back = self.unreachable_since is not None
+        if self.last_contact is None or back:
+            self.up_since = now
         self.last_contact = now
         if poll:
             self.last_poll = now
-        back = self.unreachable_since is not None
         if back:
             self.trouble = self.trouble_since = None
         self.unreachable_since = None
@@ -211,8 +216,10 @@ class PhonePresence:
         elif state == "idle":
             bits.append(f"no request since websmsd started ({clock(self.started)})")
             since = self.started
+        elif state == "failing":
+            since = self.trouble_since
         else:
-            since = self.last_contact
+            since = self.up_since
         if self.trouble is not None and state == "failing":
             bits.append(f"failing since {clock(self.trouble_since)}: {self.trouble}")
         if self.last_poll is not None:
@@ -227,6 +234,7 @@ class PhonePresence:
             bits.append(f"last result {clock(self.last_result_at)}: {self.last_result}")
         facts = {
             "route": self.route, "interface": self.name, "poll": self.poll,
+            "up_since": self.up_since,
             "last_contact": self.last_contact, "last_poll": self.last_poll,
             "app": self.app, "version": self.version, "waiting": waiting,
             "silent_after": SILENT_AFTER * self.poll,
