@@ -30,6 +30,7 @@ PURE_PREFIXES = (
     "websmsd.goip.sim", "websmsd.yeastar.tg", "websmsd.yeastar.messages",
     "websmsd.smpp.pdu", "websmsd.android.answer", "websmsd.ami.protocol",
     "websmsd.android.smssync", "websmsd.android.medic", "websmsd.android.basicauth",
+    "websmsd.android.presence",
 )
 CHANNELS = ("itsp", "asterisk", "goip", "yeastar", "android", "phones")
 FORBIDDEN = ("twisted", "treq")

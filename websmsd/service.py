@@ -27,6 +27,9 @@ log = Logger()
 CHANNELS: Dict[str, str] = {
     "yeastar": "websmsd.yeastar.service",
     "goip": "websmsd.goip.service",
+    "smssync": "websmsd.android.service",
+    "smsgateway": "websmsd.android.service",
+    "smsgate": "websmsd.android.service",
 }
 
 
@@ -42,8 +45,8 @@ class Wiring:
     board: Any  # register the channel's status rows
     metrics: Any
     webhook: Any  # the webhook listener's root: mount(path, resource)
-    # inbound messages: routed to the PBX, stored (Deferred); accept(messages, state=(name,
-    # value)) stores what the channel remembers in the same transaction.
+    # Inbound messages: routed to the PBX and stored (a Deferred of one bool each: new);
+    # `state=(name, value)` is committed with them (a channel's read position).
     accept: Callable[..., Any]
     started: float
     # ussd[interface name] = send(code) -> Deferred[reply text], for /api/ussd.

@@ -29,6 +29,9 @@ from websmsd.config import daemon as _daemon
 from websmsd.config import goip as _goip
 from websmsd.config import phones as _phones
 from websmsd.config import route as _route
+from websmsd.config import smsgate as _smsgate
+from websmsd.config import smsgateway as _smsgateway
+from websmsd.config import smssync as _smssync
 from websmsd.config import websms as _websms
 from websmsd.config import websmsd as _websmsd
 from websmsd.config import yeastar as _yeastar
@@ -50,7 +53,7 @@ __all__ = [
 ]
 
 # The channel sections: each is an interface kind of its own (goip:sim1, ...).
-CHANNEL_SECTIONS: Tuple[Any, ...] = (_goip, _yeastar)
+CHANNEL_SECTIONS: Tuple[Any, ...] = (_goip, _yeastar, _smssync, _smsgateway, _smsgate)
 
 # Every section websms.conf may have, by name: each module has its KEYS and a read().
 SECTIONS = {
