@@ -153,7 +153,9 @@ def test_the_readme_examples_load_without_warnings():
     from pathlib import Path
 
     text = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    section = text[text.index("### Yeastar TG gateways"):text.index("## Any provider")]
+    start = text.index("### Yeastar TG gateways")
+    section = text[start:text.index("\n## ", start)]
+    section = section[:section.find("\n### ", 1)] if "\n### " in section else section
     examples = re.findall(r"```ini\n(.*?)```", section, re.DOTALL)
     assert len(examples) == 2 and examples[0] == EXAMPLE
     for example in examples:
