@@ -95,7 +95,7 @@ class Sink(Protocol):
     def send(self, message: Message) -> Any:
         """Hand `message` on; a Deferred that fires with an Outcome (and never errbacks
         for the peer's or the network's trouble: that is an Outcome too)."""
-        ...
+        raise NotImplementedError
 
 
 Claim = Callable[[Sequence[Message]], Any]  # -> Deferred[[bool]]: claimed (not cancelled)
@@ -106,7 +106,7 @@ class BatchSink(Protocol):
 
     def send_batch(self, messages: List[Message], claim: Claim) -> Any:
         """Deferred[[Outcome]], one per message, in order."""
-        ...
+        raise NotImplementedError
 
 
 class ChannelState(NamedTuple):

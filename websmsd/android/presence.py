@@ -11,6 +11,7 @@ inbound SMS made safe for a call file.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from dataclasses import dataclass, field
@@ -69,10 +70,8 @@ def safe_sender(raw: str) -> str:
     character a call file could not carry replaced by ``_`` (an SMS is never refused for
     its sender: the SMS Gateway app would send the whole poll again forever).  An empty
     sender (Android can give none) becomes ``unknown``."""
-    try:
+    with contextlib.suppress(UnsafeValue):
         return check_sender(raw)
-    except UnsafeValue:
-        pass
     text = re.sub(r" +", " ", _UNSAFE.sub("_", raw or "")).strip()
     plus = "+" if text.startswith("+") else ""
     # A sender begins with a letter or a digit (after an optional +).

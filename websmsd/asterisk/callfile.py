@@ -447,13 +447,11 @@ def _check_name(name: str) -> str:
 
 def _umask() -> int:
     """This process's umask, without changing it (Linux has it in /proc)."""
-    try:
+    with contextlib.suppress(OSError, ValueError, IndexError):
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
                 if line.startswith("Umask:"):
                     return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
     mask = os.umask(0o022)  # elsewhere: read by setting (single-threaded at start-up)
     os.umask(mask)
     return mask

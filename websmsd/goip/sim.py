@@ -3,6 +3,7 @@ Outcome of a GoIP send, and the wording of its status row."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from typing import Any, Dict, List, Optional
@@ -25,10 +26,8 @@ def sender_from(value: str) -> str:
     carry it: kept when it passes check_sender, else its safe characters, else
     "unknown".  Never refuses: the SMS itself must not be lost for its sender's form."""
     value = (value or "").strip()
-    try:
+    with contextlib.suppress(UnsafeValue):
         return check_sender(value)
-    except UnsafeValue:
-        pass
     cleaned = re.sub(r" {2,}", " ", _SENDER_CHARS.sub("", value)).strip()[:32]
     try:
         return check_sender(cleaned)

@@ -22,6 +22,7 @@ Promises the channel layer can build on:
 
 from __future__ import annotations
 
+import contextlib
 import collections
 from typing import Callable, Dict, NamedTuple, Optional
 
@@ -104,7 +105,7 @@ class SubmitResult(NamedTuple):
 
 
 class _Timeout(Exception):
-    pass
+    """No answer within the request's deadline."""
 
 
 class _Pending:
@@ -363,10 +364,9 @@ class ESMEProtocol(protocol.Protocol):
 
         def cancel(d):
             # still waiting for the window: it never goes out
-            try:
+            # Already sent (not queued): the answer, when it comes, is dropped.
+            with contextlib.suppress(ValueError):
                 self._queue.remove(entry)
-            except ValueError:
-                pass  # already sent: the answer, when it comes, is dropped
 
         d = defer.Deferred(cancel)
         entry[1] = d

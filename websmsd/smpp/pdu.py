@@ -25,6 +25,7 @@ the caller asked to encode; decoding never raises.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 
@@ -661,11 +662,10 @@ def deliver_text(pdu: PDU, *, dc0: str = "gsm") -> Tuple[str, Optional[sms.Conca
         payload = pdu.get("short_message") or b""
     concat = None
     if (pdu.get("esm_class") or 0) & ESM_UDHI:
-        try:
+        # A header that does not parse: the payload is read as text whole.
+        with contextlib.suppress(sms.SMSError):
             udh, payload = sms.parse_udh(payload)
             concat = udh.concat
-        except sms.SMSError:
-            pass  # a header that does not parse: the payload is read as text whole
     if concat is None:
         total = pdu.get("sar_total_segments")
         seq = pdu.get("sar_segment_seqnum")

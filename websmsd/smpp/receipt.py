@@ -14,6 +14,7 @@ with keys in any case (a GoIP writes ``Text:`` and decimal ids).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Dict, NamedTuple, Optional, Tuple
 
@@ -96,10 +97,8 @@ def parse_receipt(pdu: "_pdu.PDU") -> Optional[Receipt]:
         return None
     payload = pdu.get("message_payload") or pdu.get("short_message") or b""
     if (pdu.get("esm_class") or 0) & _pdu.ESM_UDHI:
-        try:
+        with contextlib.suppress(sms.SMSError):  # no usable header: the whole payload
             payload = sms.parse_udh(payload)[1]
-        except sms.SMSError:
-            pass  # no usable header: read the whole payload
     text = sms.decode(pdu.get("data_coding") or 0, payload)
     fields = parse_text(text)
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from typing import List, NamedTuple, Optional
@@ -118,10 +119,8 @@ _SENDER_CHAR = re.compile(r"[^A-Za-z0-9.*_\-+ ]")
 def safe_sender(sender: str) -> str:
     """The sender as a call file may carry it: as written when it is a number or a plain
     sender id ("Orange", "My Bank"), else with the other characters as `_`."""
-    try:
+    with contextlib.suppress(UnsafeValue):
         return check_sender(sender)
-    except UnsafeValue:
-        pass
     cleaned = " ".join(_SENDER_CHAR.sub("_", sender).split())[:64]
     cleaned = cleaned.lstrip("+").lstrip(".*_-") or "unknown"
     try:

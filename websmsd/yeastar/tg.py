@@ -27,6 +27,7 @@ header names are case-insensitive and a bare `--END SMS EVENT--` line is ignored
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -128,10 +129,8 @@ def _decode_utf8(data: bytes) -> Tuple[str, bool]:
     end with the first half of an emoji's UTF-16 pair and the next part start with the
     second half, and joining the parts mends them (`_mend`).
     """
-    try:
+    with contextlib.suppress(UnicodeDecodeError):
         return data.decode("utf-8", "surrogatepass"), False
-    except UnicodeDecodeError:
-        pass
     out: List[str] = []
     rest = data
     while rest:
