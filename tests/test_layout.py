@@ -27,7 +27,7 @@ PURE_PREFIXES = (
     "websmsd.itsp.response", "websmsd.itsp.body", "websmsd.itsp.fields",
     "websmsd.itsp.inbound", "websmsd.itsp.signatures", "websmsd.itsp.presets",
     "websmsd.goip.udp", "websmsd.goip.web", "websmsd.goip.outcome", "websmsd.yeastar.tg",
-    "websmsd.smpp.pdu", "websmsd.android.answer", "websmsd.ami.protocol",
+    "websmsd.smpp.pdu", "websmsd.android.answer", "websmsd.ami.protocol", "websmsd.textsplit",
     "websmsd.android.smssync", "websmsd.android.medic", "websmsd.android.basicauth",
 )
 CHANNELS = ("itsp", "asterisk", "goip", "yeastar", "android", "phones")
