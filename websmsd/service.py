@@ -125,7 +125,7 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
     from websmsd.itsp.webhook import WebhookResource
     from websmsd.metrics import Metrics
     from websmsd.outbox import Outbox
-    from websmsd.routing import router_for
+    from websmsd.routing import fan_out, router_for
     from websmsd.store import Store
 
     d = settings.daemon
@@ -162,9 +162,20 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
 
     # Webhooks: every path no channel mounts goes to the ITSP webhook.
     def accept(messages: list) -> defer.Deferred:
+        """Route inbound messages to the PBX and store them: [new?] per message.  An SMS
+        to a number that several phones have becomes one copy per phone."""
+        stored, first = [], []
         for m in messages:
-            m.route = router.inbound(m.recipient)
-        return store.add(messages)
+            routes = router.inbound_routes(m.recipient)
+            first.append(len(stored))
+            if len(routes) == 1:
+                m.route = routes[0]
+                stored.append(m)
+            else:
+                stored += fan_out(m, routes)
+        d = store.add(stored)
+        return d if len(stored) == len(messages) else d.addCallback(
+            lambda new: [new[i] for i in first])
 
     def report(provider_id: str, status: str, detail: Any, interface: str = "") -> Any:
         # A report about a message sent through the [websms] interface of that name; a
