@@ -29,6 +29,7 @@ PURE_PREFIXES = (
     "websmsd.goip.udp", "websmsd.goip.web", "websmsd.goip.outcome", "websmsd.yeastar.tg",
     "websmsd.smpp.pdu", "websmsd.android.answer", "websmsd.ami.protocol", "websmsd.textsplit",
     "websmsd.android.smssync", "websmsd.android.medic", "websmsd.android.basicauth",
+    "websmsd.phones.contacts", "websmsd.phones.notices",
 )
 CHANNELS = ("itsp", "asterisk", "goip", "yeastar", "android", "phones")
 FORBIDDEN = ("twisted", "treq")

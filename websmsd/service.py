@@ -146,6 +146,11 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
                             metrics=metrics)
     dispatcher.add_batch_route(CALLFILE_ROUTE, calls, linger=0.02)
     board.register(calls.status, "spool")
+    if calls.results:  # Archive: yes: Asterisk's Status of each call file is read
+        from websmsd.asterisk.spool import ResultWatch
+
+        calls.dispatcher = dispatcher
+        ResultWatch(calls).setServiceParent(top)
 
     # From the PBX: one route per interface.
     client = ITSPClient(reactor, timeout=d.http_timeout)
@@ -195,6 +200,12 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
         section = settings.channels.get(name)
         if section is not None and section.interfaces:
             importlib.import_module(module).build(wiring, section)
+    # The PBX's own phones over its Asterisk's AMI ([ami], [phones]): routes ami:<endpoint>
+    # for delivery = ami and for the delivery notices.
+    if settings.channels.get("ami") is not None:
+        from websmsd.phones.service import build as build_phones
+
+        build_phones(wiring, settings.channels["ami"])
     webhook_site = make_site(root, d.max_body)
     summary = TimerService(60, webhook.log_summary)
     summary.setName("webhook summary")

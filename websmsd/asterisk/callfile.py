@@ -87,6 +87,8 @@ __all__ = [
     "split_body",
     "callfile_name",
     "parse_callfile_name",
+    "archived_status",
+    "ARCHIVE_STATUSES",
     "parse_fileowner",
     "CallFileSpool",
     "UnsafeValue",
@@ -337,6 +339,24 @@ def parse_callfile_name(name: str) -> Optional[Tuple[str, int]]:
     return (m.group(1), int(m.group(2))) if m else None
 
 
+# pbx_spool appends one of these when it archives a call file (Archive: yes).
+ARCHIVE_STATUSES = ("Completed", "Expired", "Failed")
+# An archived file is ours, small; anything bigger is not read whole.
+_MAX_ARCHIVED = 64 * 1024
+
+
+def archived_status(data: bytes) -> Optional[str]:
+    """The `Status:` pbx_spool appended to an archived call file (the last one), or None
+    when there is none yet: pbx_spool moves the file into outgoing_done first and appends
+    the line after (Asterisk 22's remove_from_queue)."""
+    status = None
+    for line in data.splitlines():
+        if line.startswith(b"Status:"):
+            value = line[len(b"Status:"):].strip().decode("ascii", "replace")
+            status = value or status
+    return status
+
+
 def _check_name(name: str) -> str:
     if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
         raise ValueError(f"call-file name {name!r:.60} is not a plain file name")
@@ -396,6 +416,8 @@ class CallFileSpool:
     def __init__(self, q: AstQueueSettings):
         self.stagingdir = os.path.abspath(os.fspath(q.stagingdir))
         self.outgoingdir = os.path.abspath(os.fspath(q.outgoingdir))
+        # Where pbx_spool archives (Archive: yes): <spooldir>/outgoing_done.
+        self.donedir = os.path.join(os.path.dirname(self.outgoingdir), "outgoing_done")
         mode = q.filemode
         if mode is not None and (
             isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777
@@ -669,6 +691,32 @@ class CallFileSpool:
     def is_pending(self, name: str) -> bool:
         """Is `name` in outgoingdir (published, Asterisk has not finished with it)?"""
         return self._is_file(os.path.join(self.outgoingdir, _check_name(name)))
+
+    def archived(self, name: str) -> Optional[str]:
+        """What pbx_spool archived for `name` (Archive: yes): None when no such file is
+        in outgoing_done, "" while it is there without its Status line (appended right
+        after the move), else the Status (Completed, Expired, Failed)."""
+        path = os.path.join(self.donedir, _check_name(name))
+        try:
+            with open(path, "rb") as f:
+                data = f.read(_MAX_ARCHIVED)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise _os_error(e, "cannot read archived call file", path) from e
+        return archived_status(data) or ""
+
+    def forget_archived(self, names: Iterable[str]) -> None:
+        """Remove the archived copies of `names` (an earlier try of a part handed over
+        again), so that their next Status is not mistaken for the old one."""
+        for name in names:
+            path = os.path.join(self.donedir, _check_name(name))
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise _os_error(e, "cannot remove archived call file", path) from e
 
     def discard(self, names: Iterable[str]) -> None:
         """Remove staged files that will not be published (a cancelled message)."""
