@@ -266,6 +266,9 @@ class CallFileChannel:
             return
         reason = _failed(name, part, parts, status)
         log.warn("inbound {id}: {reason}", id=m.id, reason=reason)
+        # The hand-over was counted as an attempt when it was recorded sent; this is
+        # how that same attempt ended.
+        m.attempts = max(0, m.attempts - 1)
         await self.dispatcher.record(m, Outcome.failed(reason, progress=part))
         self.dispatcher.wake(ROUTE)
 

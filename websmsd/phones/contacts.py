@@ -135,8 +135,8 @@ class Registrations:
         """What a MessageSend showed: success (it has a contact) or `Message failed to
         send.` (none, or no such endpoint)."""
         p = self.phones.get(endpoint)
-        if p is None:
-            return []
+        if p is None or p.registered is registered:
+            return []  # nothing new (and the event that told it stays the reason shown)
         if not registered:
             p.contacts = {}
         elif not _reachable(p.contacts):
