@@ -1,7 +1,10 @@
 """The route `ami:<endpoint>`: a message to one PBX phone, with AMI MessageSend.
 
-Each part goes as `Action: MessageSend`, `To: pjsip:<endpoint>`, `From: <sender number>`,
+Each part goes as `Action: MessageSend`, `To: pjsip:<endpoint>`, `From: <sender>`,
 `Base64Body` (base64 keeps CR/LF, leading blanks and emoji, which a plain `Body:` loses).
+Asterisk puts the From in the user part of its own From URI: the phone sees
+`<sip:+15551234567@pbx>`, and an alphanumeric sender as `<sip:My%20Bank@pbx>` (measured
+on Asterisk 22).
 An AMI line holds at most 1,024 bytes, so one MessageSend carries at most 756 bytes of
 text: a longer text goes in parts marked `(1/3) `..., cut between grapheme clusters
 (websmsd.textsplit), one after the other, each only once Asterisk has answered the one
@@ -46,15 +49,6 @@ def parts_of(body: str, limit: int = MESSAGE_SEND_MAX_BODY_BYTES) -> List[bytes]
     return [part.encode("utf-8") for part in split_marked(body, limit)]
 
 
-def from_header(sender: str) -> str:
-    """MessageSend's From for a sender: a number or SIP user as it is (Asterisk puts it
-    in the From URI's user part); an alphanumeric sender id with blanks ("My Bank") as a
-    display name, its user part without them."""
-    if " " not in sender:
-        return sender
-    return f'"{sender}" <sip:{sender.replace(" ", "")}@localhost>'
-
-
 class PhoneSink:
     """A Sink (websmsd.channel) for one endpoint.
 
@@ -80,8 +74,7 @@ class PhoneSink:
             return self._wait(progress)
         for n in range(done, len(parts)):
             try:
-                fields = message_send(f"pjsip:{self.endpoint}", from_header(message.sender),
-                                      parts[n])
+                fields = message_send(f"pjsip:{self.endpoint}", message.sender, parts[n])
                 result = await channel.ami.action("MessageSend", fields)
             except NotConnected:
                 return self._wait(progress)
