@@ -150,8 +150,12 @@ class PhonesChannel:
 
     def hold(self, endpoint: str) -> None:
         """A sink found the route unable to carry its message: make sure it is down (with
-        the reason the channel knows) so that the message waits instead of spinning."""
-        self._apply(force=endpoint)
+        the reason the channel knows) so that the message waits instead of spinning.  The
+        session may be closing without having said so yet: down until its next state
+        change says more."""
+        reason = self.down_reason(endpoint) or f"{NO_SESSION} (closing)"
+        self._applied[endpoint] = reason
+        self.dispatcher.set_down(route_name(KIND, endpoint), reason)
 
     def denied(self, reason: str) -> None:
         if self.refused is None:
@@ -172,12 +176,11 @@ class PhonesChannel:
             return f"phone {endpoint} is not registered"
         return None
 
-    def _apply(self, force: Optional[str] = None) -> None:
+    def _apply(self) -> None:
         for endpoint in self.endpoints:
             reason = self.down_reason(endpoint)
             route = route_name(KIND, endpoint)
-            if endpoint in self._applied and self._applied[endpoint] == reason \
-                    and endpoint != force:
+            if endpoint in self._applied and self._applied[endpoint] == reason:
                 continue
             self._applied[endpoint] = reason
             self.dispatcher.set_down(route, reason)
