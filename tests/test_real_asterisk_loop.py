@@ -21,7 +21,7 @@ import urllib.request
 import pytest
 
 import realasterisk
-from blackbox import Daemon, FakeITSP, curl, status_and_body
+from blackbox import ROOT, Daemon, FakeITSP, curl, status_and_body
 from realasterisk import Phone, RealAsterisk
 from sipua import SipUA
 
@@ -80,7 +80,9 @@ def ami_up(d: Daemon) -> bool:
 
 
 def start_pair(tmp_path, *, phones, astqueue="", ami_write="message", itsp=None,
-               daemon_extra="", phones_conf=PHONES):
+               daemon_extra="", phones_conf=PHONES,
+               contexts=(RealAsterisk.CHANNEL_CONTEXT, RealAsterisk.INBOUND_CONTEXT),
+               extra_dialplan=""):
     """A daemon and an Asterisk pointed at each other: the daemon's AGI port is in the
     dialplan, Asterisk's AMI port in websms.conf, one spool for both."""
     websms = "url_host = http://127.0.0.1:9\nauth_method = none\n"
@@ -88,10 +90,10 @@ def start_pair(tmp_path, *, phones, astqueue="", ami_write="message", itsp=None,
         websms = (f"url_host = {itsp.url}\nauth_method = none\nencoding = json\n"
                   "resp_id = data.id\n")
     d = Daemon(tmp_path, websms=websms, websmsd=WEBSMSD,
-               astqueue=("channel_context = websms-answer\ncontext = websms-in\n" + astqueue),
+               astqueue=(f"channel_context = {contexts[0]}\ncontext = {contexts[1]}\n" + astqueue),
                daemon="retry_base = 1\nretry_max = 2\n" + daemon_extra, phones=phones_conf)
     ast = RealAsterisk(phones=phones, agi_port=d.agi_port, spool_dir=str(tmp_path / "spool"),
-                       websmsd_write=ami_write).start()
+                       websmsd_write=ami_write, extra_dialplan=extra_dialplan).start()
     u = ast.websmsd_user
     d.config.write_text(d.config.read_text() + f"[ami]\nhost = 127.0.0.1\nport = {ast.ami_port}\n"
                         f"username = {u.name}\nsecret = {u.secret}\nkeepalive = 5\n")
@@ -328,3 +330,37 @@ def test_a_long_text_through_call_files_arrives_in_order(callfile_loop):
         texts = [m.text for m in john.received[:n]]
         assert [t.split(" ", 1)[0] for t in texts] == [f"({i}/{n})" for i in range(1, n + 1)]
         assert "".join(t.split(" ", 1)[1] for t in texts) == text
+
+
+def readme_dialplan() -> str:
+    """The inbound dialplan for call files as README.md gives it."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("dialplan for call files, one extension per number")
+    block = text.index("```\n", start) + 4
+    return text[block:text.index("```", block)]
+
+
+def test_the_readme_inbound_dialplan_gives_a_number_to_both_phones(tmp_path):
+    dialplan = readme_dialplan()
+    assert "[websms-answer]" in dialplan and "MessageSend(pjsip:desk" in dialplan
+    # Under names of its own, beside the harness's contexts.
+    dialplan = dialplan.replace("[websms-answer]", "[readme-answer]").replace(
+        "[websms-in]", "[readme-in]")
+    d, ast = start_pair(tmp_path, phones=[Phone("john.doe"), Phone("desk")],
+                        astqueue='archive = "yes"\n', contexts=("readme-answer", "readme-in"),
+                        extra_dialplan=dialplan, phones_conf=PHONES.replace("jane", "x"))
+    try:
+        with ua(ast, "john.doe") as john, ua(ast, "desk") as desk:
+            john.register()
+            desk.register()
+            text = "to the desk and John: 100% ✓"
+            assert inbound(d, JOHN, OUTSIDE, text) == 200
+            assert john.wait_message(timeout=15).text == text
+            assert desk.wait_message(timeout=15).text == text
+            wait_until(lambda: d.rows("SELECT detail FROM attempts WHERE detail LIKE"
+                                      " '%Completed%'"), timeout=20, what="Completed read")
+            john.unregister()
+            desk.unregister()
+    finally:
+        d.stop()
+        ast.stop()
