@@ -14,6 +14,7 @@ report becomes a notice on that phone, once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import urllib.request
@@ -89,11 +90,19 @@ def start_pair(tmp_path, *, phones, astqueue="", ami_write="message", itsp=None,
     if itsp is not None:
         websms = (f"url_host = {itsp.url}\nauth_method = none\nencoding = json\n"
                   "resp_id = data.id\n")
-    d = Daemon(tmp_path, websms=websms, websmsd=WEBSMSD,
-               astqueue=(f"channel_context = {contexts[0]}\ncontext = {contexts[1]}\n" + astqueue),
-               daemon="retry_base = 1\nretry_max = 2\n" + daemon_extra, phones=phones_conf)
-    ast = RealAsterisk(phones=phones, agi_port=d.agi_port, spool_dir=str(tmp_path / "spool"),
-                       websmsd_write=ami_write, extra_dialplan=extra_dialplan).start()
+    for attempt in range(3):
+        root = tmp_path / f"pair{attempt}"
+        d = Daemon(root, websms=websms, websmsd=WEBSMSD,
+                   astqueue=(f"channel_context = {contexts[0]}\ncontext = {contexts[1]}\n"
+                             + astqueue),
+                   daemon="retry_base = 1\nretry_max = 2\n" + daemon_extra, phones=phones_conf)
+        ast = RealAsterisk(phones=phones, agi_port=d.agi_port, spool_dir=str(root / "spool"),
+                           websmsd_write=ami_write, extra_dialplan=extra_dialplan).start()
+        # The daemon's ports were free when picked, not yet bound: Asterisk may have
+        # picked one of them since.
+        if not {ast.sip_port, ast.ami_port} & {d.webhook_port, d.agi_port, d.status_port}:
+            break
+        ast.stop()
     u = ast.websmsd_user
     d.config.write_text(d.config.read_text() + f"[ami]\nhost = 127.0.0.1\nport = {ast.ami_port}\n"
                         f"username = {u.name}\nsecret = {u.secret}\nkeepalive = 5\n")
@@ -101,6 +110,7 @@ def start_pair(tmp_path, *, phones, astqueue="", ami_write="message", itsp=None,
         d.start()
         wait_until(lambda: ami_up(d), what="websmsd logged into the AMI")
     except BaseException:
+        print(d.output()[-3000:])
         d.stop()
         ast.stop()
         raise
@@ -130,6 +140,8 @@ def ami_loop(tmp_path, itsp):
         yield d, ast, phones
     finally:
         for p in phones.values():
+            with contextlib.suppress(Exception):  # gone already: only tidiness
+                p.unregister(timeout=2)
             p.close()
         d.stop()
         ast.stop()
