@@ -10,7 +10,6 @@ and its delivery report as a notice to the phone.
 
 from __future__ import annotations
 
-import base64
 import json
 import signal
 import subprocess

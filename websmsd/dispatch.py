@@ -386,8 +386,7 @@ class Dispatcher(Service):
             if "route" in fields:
                 wake.add(fields["route"])
             changes.append((m.id, fields))
-            # A success that says something (a call file's Status from Asterisk) is kept.
-            if attempt is not None and (log_success or not attempt[0] or attempt[1]):
+            if attempt is not None and (log_success or not attempt[0]):
                 attempts.append((m.id, *attempt))
             if (outcome.retry_in is None or outcome.ok) and "route" not in fields:
                 # Someone may wait for this try (a FastAGI session): not for a "look

@@ -2,7 +2,7 @@
 
 `build(wiring, ami_settings)` (from websmsd.service) makes:
 
-- an `AMIClient` (login, reconnect with backoff, keepalive), child service "ami";
+- an `AMIClient` (login, reconnect with backoff, keepalive), child service "pbx";
 - a route `ami:<endpoint>` per [phones] endpoint (one message at a time, so a phone gets
   its messages in order), each down while its phone cannot take a message: no AMI
   session, or the phone not registered.  A down route spends no attempts; its messages
@@ -26,6 +26,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from websmsd.ami.client import LOGGED_IN, LOGIN_FAILED, AMIClient
+from websmsd.ami.protocol import AMIError
 from websmsd.channel import ChannelState, route_name
 from websmsd.phones.contacts import Registrations
 from websmsd.phones.notices import notice_for
@@ -60,7 +61,7 @@ class PhonesChannel:
             client = AMIClient(reactor, clientFromString(reactor, settings.endpoint),
                                settings.username, settings.secret, events="system",
                                ping_interval=settings.keepalive,
-                               action_timeout=settings.timeout, name="ami")
+                               action_timeout=settings.timeout, name="pbx")
         self.client = client
         client.on_state = self._state
         client.subscribe(self._event, CONTACT_EVENTS)
@@ -74,9 +75,6 @@ class PhonesChannel:
     @property
     def ami(self) -> AMIClient:
         return self.client
-
-    def routes(self) -> List[str]:
-        return [s.route for s in self.sinks.values()]
 
     def add_routes(self) -> None:
         for sink in self.sinks.values():
@@ -96,8 +94,6 @@ class PhonesChannel:
         self._apply()
 
     async def _list(self) -> None:
-        from websmsd.ami.client import AMIError
-
         self._listing_now = True
         now = self.reactor.seconds
         try:
@@ -262,7 +258,7 @@ class PhonesChannel:
 
 def build(wiring: Any, section: Any, client: Optional[AMIClient] = None) -> PhonesChannel:
     """Wire the phones channel into the daemon: routes, the AMI session (a child service
-    named "ami"), the notices, the status rows."""
+    named "pbx"), the notices, the status rows."""
     channel = PhonesChannel(section, wiring.settings.phones, wiring.dispatcher, wiring.store,
                             wiring.reactor, wiring.metrics, client)
     channel.add_routes()

@@ -26,10 +26,9 @@ Asterisk's answer is the result:
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional
+from typing import Any, List, Optional
 
 from twisted.internet import defer
-from twisted.logger import Logger
 
 from websmsd.ami.client import ActionLost, ActionTimeout, NotConnected
 from websmsd.ami.protocol import MESSAGE_SEND_MAX_BODY_BYTES, AMIEncodeError, message_send
@@ -37,8 +36,6 @@ from websmsd.channel import Outcome, route_name
 from websmsd.message import Message
 from websmsd.text import one_line
 from websmsd.textsplit import split_marked
-
-log = Logger()
 
 KIND = "ami"
 FAILED_TO_SEND = "message failed to send"
