@@ -31,6 +31,7 @@ PURE_PREFIXES = (
     "websmsd.smpp.pdu", "websmsd.android.answer", "websmsd.ami.protocol",
     "websmsd.android.smssync", "websmsd.android.medic", "websmsd.android.basicauth",
     "websmsd.android.presence",
+    "websmsd.textsplit", "websmsd.phones.contacts", "websmsd.phones.notices",
 )
 CHANNELS = ("itsp", "asterisk", "goip", "yeastar", "android", "phones")
 FORBIDDEN = ("twisted", "treq")

@@ -341,6 +341,9 @@ class Dispatcher(Service):
         failed once too old; the rest waits without spending attempts."""
         now = self.reactor.seconds()
         pairs = []
+        # The others say why they wait (once: a phone switched off, a bind lost).
+        waiting = f"waiting: route {r.name} is down: {one_line(r.down or 'down', 300)}"
+        notes = []
         for m in messages:
             if m.fallback:
                 pairs.append((m, Outcome.route_down(r.down or "down")))
@@ -348,9 +351,19 @@ class Dispatcher(Service):
                 pairs.append((m, Outcome.failed(
                     f"route {r.name} down since {_ago(r.down_since, now)}: {r.down}",
                     permanent=True)))
-        if not pairs:
+            elif m.status == QUEUED and m.reason != waiting:
+                notes.append((m.id, {"reason": waiting}))
+        if not pairs and not notes:
             return False
-        return defer.ensureDeferred(self.record_all(pairs)).addCallback(lambda _: False)
+
+        async def record() -> bool:
+            if pairs:
+                await self.record_all(pairs)
+            if notes:
+                await self.store.update(notes)
+            return False
+
+        return defer.ensureDeferred(record())
 
     # -- recording ----------------------------------------------------------------------
 
@@ -412,6 +425,10 @@ class Dispatcher(Service):
         attempts = m.attempts + 1
         fields = self.policy.after_failure(m, attempts, reason or "failed", o.permanent, now,
                                            may_give_up=o.give_up)
+        if o.progress is not None:
+            # The parts that did go (a long text to a phone), or the part to hand over
+            # again (a call file Asterisk reported Expired).
+            fields["progress"] = o.progress
         if fields["status"] == FAILED and m.fallback:
             return self._next_route(m, f"{m.route}: {fields['reason']}"), (False, reason)
         if fields["status"] == FAILED:

@@ -79,7 +79,7 @@ class Outbox:
         except UnsafeValue as e:
             return str(e)
         decision = self.router.outbound(to, sender, index or None,
-                                        came_in_on=self.store.owners.get(sender))
+                                        came_in_on=self._came_in_on(sender))
         if decision.interface is None:
             return decision.reason
         if decision.interface.compact:
@@ -94,6 +94,16 @@ class Outbox:
                     fallback=decision.fallback)
         m.created = self.reactor.seconds()
         return m
+
+    def _came_in_on(self, sender: str) -> Optional[str]:
+        """Where the last SMS to `sender` came in (the store's owners), also when the ITSP
+        wrote that number without its "+" ([phones] numbers usually have one)."""
+        owners = self.store.owners
+        bare = sender.lstrip("+")
+        for key in (sender, bare, "+" + bare):
+            if key in owners:
+                return owners[key]
+        return None
 
     def check(self, to: str, sender: str, body: str, index: Optional[str]) -> Optional[str]:
         """Why this message cannot be sent, or None."""

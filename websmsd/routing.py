@@ -12,18 +12,25 @@ Outbound (from the PBX), in this order:
    order, each the fallback of the one before.
 4. `[route] default`, else the first [websms] interface.
 
-Inbound (to the PBX): the route that delivers to phones (today: call files).
+Inbound (to the PBX): the routes that deliver to the phones.  With `[astqueue] delivery =
+ami`, an SMS to a number goes to every [phones] endpoint that has that number, one copy
+each on its own route (`ami:john.doe`, `ami:desk`: each waits for its own phone); an SMS to
+a number no endpoint has, and every SMS with delivery = callfile, goes to the call files
+(`callfile`: the dialplan decides, as with the PHP service).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from websmsd.channel import route_name
 from websmsd.config.route import RouteSettings
+from websmsd.message import Message, new_id
 
 NO_INTERFACE = "no interface configured for outbound SMS (give [websms] a url_host)"
+PHONE_KIND = "ami"  # the route kind of a PBX phone reached over AMI: ami:<endpoint>
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,11 @@ class Decision:
 
 class Router:
     def __init__(self, interfaces: Sequence[Interface], settings: RouteSettings = RouteSettings(),
-                 inbound_route: str = "callfile"):
+                 inbound_route: str = "callfile",
+                 phones: Optional[Callable[[str], Sequence[str]]] = None):
+        """`phones(number) -> [endpoint]`: the PBX phones that get SMS to `number`
+        directly ([phones] with delivery = ami); None: every SMS goes to `inbound_route`."""
+        self.phones = phones
         self.interfaces: Dict[str, Interface] = {}
         for iface in interfaces:
             self.interfaces.setdefault(iface.name, iface)
@@ -121,8 +132,17 @@ class Router:
         return Decision(routes, reason, chain[0])
 
     def inbound(self, recipient: str) -> str:
-        """The route that delivers a message for `recipient` to the PBX's phones."""
-        return self.inbound_route
+        """The (first) route that delivers a message for `recipient` to the PBX's phones."""
+        return self.inbound_routes(recipient)[0]
+
+    def inbound_routes(self, recipient: str) -> Tuple[str, ...]:
+        """Every route that delivers a message for `recipient`: one per phone that has
+        the number, else the inbound route (call files: the dialplan decides)."""
+        if self.phones is not None:
+            endpoints = self.phones(recipient)
+            if endpoints:
+                return tuple(route_name(PHONE_KIND, e) for e in endpoints)
+        return (self.inbound_route,)
 
     def _rule_for(self, to: str):
         for prefix, rule in self._rules:
@@ -144,8 +164,25 @@ def _digits(number: str) -> str:
     return "".join(c for c in number if c.isdigit() or c == "+")
 
 
+def fan_out(message: Message, routes: Sequence[str]) -> List[Message]:
+    """`message` on the first of `routes`, and a copy of it on each other one (an SMS to
+    a number that two phones share): each copy has its own id and, when the message has
+    a dedupe key, its own key derived from it, so that a resent webhook is still
+    recognised for every copy."""
+    message.route = routes[0]
+    copies = [message]
+    for route in routes[1:]:
+        copies.append(dataclasses.replace(
+            message, id=new_id(message.created), route=route,
+            dedupe_key=f"{message.dedupe_key}|{route}" if message.dedupe_key else None))
+    return copies
+
+
 def router_for(settings: Any, inbound_route: str = "callfile") -> Router:
     """The router of a daemon with these settings (websmsd.config.Settings)."""
     interfaces = [Interface(name, kind, numbers, compact)
                   for name, kind, numbers, compact in settings.interfaces()]
-    return Router(interfaces, settings.route, inbound_route)
+    phones = None
+    if getattr(settings.astqueue, "delivery", "callfile") == "ami":
+        phones = settings.phones.endpoints_of
+    return Router(interfaces, settings.route, inbound_route, phones)

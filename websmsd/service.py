@@ -176,7 +176,7 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
     from websmsd.itsp.webhook import WebhookResource
     from websmsd.metrics import Metrics
     from websmsd.outbox import Outbox
-    from websmsd.routing import router_for
+    from websmsd.routing import fan_out, router_for
     from websmsd.store import Store
 
     d = settings.daemon
@@ -198,6 +198,11 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
     dispatcher.add_batch_route(CALLFILE_ROUTE, calls, linger=0.02)
     board.register(calls.status, "spool")
     _OnStart("spool check", calls.check).setServiceParent(top)
+    if calls.results:  # Archive: yes: Asterisk's Status of each call file is read
+        from websmsd.asterisk.spool import ResultWatch
+
+        calls.dispatcher = dispatcher
+        ResultWatch(calls).setServiceParent(top)
 
     # From the PBX: one route per interface.
     client = ITSPClient(reactor, timeout=d.http_timeout)
@@ -214,10 +219,21 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
 
     # Webhooks: every path no channel mounts goes to the ITSP webhook.
     def accept(messages: list, state: Any = None) -> defer.Deferred:
-        # state: (name, value) a channel keeps with these messages, in their transaction.
+        """Route inbound messages to the PBX and store them: [new?] per message.  An SMS
+        to a number that several phones have becomes one copy per phone.  `state`: (name,
+        value) a channel keeps with these messages, in their transaction."""
+        stored, first = [], []
         for m in messages:
-            m.route = router.inbound(m.recipient)
-        return store.add(messages, state=state)
+            routes = router.inbound_routes(m.recipient)
+            first.append(len(stored))
+            if len(routes) == 1:
+                m.route = routes[0]
+                stored.append(m)
+            else:
+                stored += fan_out(m, routes)
+        d = store.add(stored, state=state)
+        return d if len(stored) == len(messages) else d.addCallback(
+            lambda new: [new[i] for i in first])
 
     def report(provider_id: str, status: str, detail: Any, interface: str = "") -> Any:
         # A report about a message sent through the [websms] interface of that name; a
@@ -237,6 +253,12 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
         section = settings.channels.get(name)
         if section is not None and section.interfaces:
             importlib.import_module(module).build(wiring, section)
+    # The PBX's own phones over its Asterisk's AMI ([ami], [phones]): routes ami:<endpoint>
+    # for delivery = ami and for the delivery notices.
+    if settings.channels.get("ami") is not None:
+        from websmsd.phones.service import build as build_phones
+
+        build_phones(wiring, settings.channels["ami"])
     webhook_site = make_site(root, d.max_body)
     summary = TimerService(60, webhook.log_summary)
     summary.setName("webhook summary")

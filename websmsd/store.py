@@ -111,6 +111,10 @@ class Store:
         # The own numbers of the PBX and where messages to each came from last
         # ("webhook:tw", "goip:sim1"): a reply goes out the way the message came in.
         self.owners: Dict[str, str] = {}
+        # Told, after the commit, the outbound messages that reached delivered or failed
+        # in it (a dispatcher's outcome, a delivery report): [Message] as stored then.
+        # (The phones' delivery notices.)
+        self.final_listeners: List[Callable[[List[Message]], Any]] = []
         self._reader: Optional["StoreReader"] = None
         self.commits = 0  # transactions committed, for metrics
         self.batched = 0  # operations committed
@@ -348,6 +352,10 @@ class Store:
             groups.setdefault(cols, []).append(
                 [_column_value(c, fields[c]) for c in cols] + [now, message_id])
 
+        final_ids = [message_id for message_id, fields in changes
+                     if fields.get("status") in _FINAL] if self.final_listeners else []
+        finals: List[Message] = []
+
         def update(db: sqlite3.Connection) -> int:
             n = 0
             for cols, rows in groups.items():
@@ -360,9 +368,21 @@ class Store:
                     "INSERT INTO attempts (message_id, at, ok, detail) VALUES (?, ?, ?, ?)",
                     [(message_id, now, 1 if ok else 0, detail)
                      for message_id, ok, detail in attempt])
+            if final_ids:
+                finals.extend(_final_rows(db, final_ids))
             return n
 
-        return self._submit(update, tuple(wake))
+        d = self._submit(update, tuple(wake))
+        return d.addCallback(self._tell_finals, finals) if final_ids else d
+
+    def _tell_finals(self, result: Any, finals: List[Message]) -> Any:
+        if finals:
+            for listener in list(self.final_listeners):
+                try:
+                    listener(list(finals))
+                except Exception:
+                    log.failure("store: a listener of final statuses failed")
+        return result
 
     def claim(self, message_ids: Sequence[str]) -> defer.Deferred:
         """Mark due messages "sending" (being handed on); fires with the ids claimed.
@@ -404,6 +424,8 @@ class Store:
         now = self._reactor.seconds()
         routes = list(routes)
         ids = [provider_id] if isinstance(provider_id, str) else list(provider_id)
+        finals: List[Message] = []
+        tell = status in _FINAL and bool(self.final_listeners)
         marks = ", ".join("?" * len(routes))
         id_marks = ", ".join("?" * len(ids))
 
@@ -438,9 +460,12 @@ class Store:
                     "UPDATE messages SET status = ?, reason = ?, updated = ? WHERE id = ?",
                     (status, detail if status == FAILED else None, now, found),
                 )
+                if tell:
+                    finals.extend(_final_rows(db, [found]))
             return found
 
-        return self._submit(report)
+        d = self._submit(report)
+        return d.addCallback(self._tell_finals, finals) if tell else d
 
     def requeue(self, message_id: str) -> defer.Deferred:
         """Send a failed or cancelled message again (resend button, API); fires with
@@ -654,6 +679,20 @@ class StoreReader:
             return out
 
         return self._run(waiting)
+
+
+_FINAL = (DELIVERED, FAILED)
+
+
+def _final_rows(db: sqlite3.Connection, ids: Sequence[str]) -> List[Message]:
+    """The outbound messages among `ids` that are delivered or failed now."""
+    out: List[Message] = []
+    for start in range(0, len(ids), 500):
+        chunk = list(ids[start:start + 500])
+        out += [_row_to_message(r) for r in db.execute(
+            _SELECT + " WHERE id IN (" + ", ".join("?" * len(chunk)) + ")"
+            " AND direction = 'out' AND status IN (?, ?)", (*chunk, DELIVERED, FAILED))]
+    return out
 
 
 def _routes_of(routes: Any, result: Any) -> Iterable[str]:

@@ -71,6 +71,7 @@ import unicodedata
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 from websmsd.message import UnsafeValue, check_recipient, check_sender
+from websmsd.textsplit import split_marked
 from websmsd.config.astqueue import AstQueueSettings
 
 __all__ = [
@@ -86,6 +87,8 @@ __all__ = [
     "split_body",
     "callfile_name",
     "parse_callfile_name",
+    "archived_status",
+    "ARCHIVE_STATUSES",
     "parse_fileowner",
     "CallFileSpool",
     "UnsafeValue",
@@ -263,57 +266,6 @@ def render(q: AstQueueSettings, to: str, from_: str, body: str) -> bytes:
 
 # --------------------------------------------------------------------------- splitting
 
-_ZWJ = "\u200d"
-
-
-def _is_extend(ch: str) -> bool:
-    """Does `ch` belong to the character before it (never to be separated from it)?"""
-    cp = ord(ch)
-    return (
-        unicodedata.category(ch) in ("Mn", "Me", "Mc")  # combining marks, keycap U+20E3
-        or cp == 0x200D  # ZERO WIDTH JOINER
-        or 0xFE00 <= cp <= 0xFE0F  # variation selectors
-        or 0xE0100 <= cp <= 0xE01EF  # variation selectors supplement
-        or 0x1F3FB <= cp <= 0x1F3FF  # emoji skin tone modifiers
-        or 0xE0020 <= cp <= 0xE007F  # tags (subdivision flags)
-    )
-
-
-def _is_regional_indicator(ch: str) -> bool:
-    return 0x1F1E6 <= ord(ch) <= 0x1F1FF
-
-
-def _clusters(text: str) -> List[str]:
-    """Split `text` into user-perceived characters, close to UAX #29 grapheme clusters.
-
-    Kept together: CR LF; a character and the combining marks, ZWJ, variation
-    selectors, skin tone modifiers and tags after it; the character after a ZWJ
-    (emoji ZWJ sequences); pairs of regional indicators (flags).  Control characters
-    stand alone.
-    """
-    out: List[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        start = i
-        ch = text[i]
-        i += 1
-        if ch == "\r" and i < n and text[i] == "\n":
-            i += 1
-        elif not _is_control(ch):  # a control character stands alone
-            if _is_regional_indicator(ch) and i < n and _is_regional_indicator(text[i]):
-                i += 1
-            while i < n:
-                nxt = text[i]
-                if _is_extend(nxt):
-                    i += 1
-                elif text[i - 1] == _ZWJ and not _is_control(nxt) and not nxt.isspace():
-                    i += 1
-                else:
-                    break
-        out.append(text[start:i])
-    return out
-
-
 def _cost_function(q: AstQueueSettings):
     """Bytes a piece of text takes in the body value (an upper bound in raw mode)."""
     if q.message_encode == RFC3986:
@@ -329,37 +281,6 @@ def _cost_function(q: AstQueueSettings):
         return total
 
     return raw_cost
-
-
-def _pack(units: List[str], costs: List[int], room: int) -> List[str]:
-    """Cut the sequence of units into chunks of at most `room` bytes, in order.
-
-    A chunk ends after white space when that keeps it at least half full; otherwise
-    it is cut between two units.  The white space stays at the end of its chunk, so
-    joining the chunks gives back the text.
-    """
-    chunks: List[str] = []
-    i, n = 0, len(units)
-    while i < n:
-        total, j = 0, i
-        while j < n and total + costs[j] <= room:
-            total += costs[j]
-            j += 1
-        if j == n:
-            chunks.append("".join(units[i:]))
-            break
-        cut = j
-        filled = total
-        for k in range(j, i, -1):
-            if filled * 2 < room:
-                break
-            if units[k - 1].isspace():
-                cut = k
-                break
-            filled -= costs[k - 1]
-        chunks.append("".join(units[i:cut]))
-        i = cut
-    return chunks
 
 
 def split_body(q: AstQueueSettings, to: str, from_: str, body: str) -> List[str]:
@@ -382,25 +303,7 @@ def split_body(q: AstQueueSettings, to: str, from_: str, body: str) -> List[str]
     if len(encode_body(q, body).encode("utf-8")) <= budget:
         return [body]
 
-    cost = _cost_function(q)
-    base_units = _clusters(body)
-    digits = 1
-    while True:
-        most = 10**digits - 1
-        room = budget - cost(f"({most}/{most}) ")
-        units: List[str] = []
-        for unit in base_units:
-            if cost(unit) > room:  # an absurd cluster (hundreds of marks): code points
-                units.extend(unit)
-            else:
-                units.append(unit)
-        chunks = _pack(units, [cost(u) for u in units], room)
-        if len(chunks) <= most:
-            break
-        digits += 1
-
-    n = len(chunks)
-    parts = [f"({i}/{n}) {chunk}" for i, chunk in enumerate(chunks, 1)]
+    parts = split_marked(body, budget, _cost_function(q))
     for part in parts:  # cannot fail; guards the arithmetic above
         _check_length((BODY_PREFIX + encode_body(q, part)).encode("utf-8"))
     return parts
@@ -434,6 +337,24 @@ def parse_callfile_name(name: str) -> Optional[Tuple[str, int]]:
     """(message id, part) of a name made by `callfile_name`, else None."""
     m = _CALLFILE_NAME.fullmatch(name) if isinstance(name, str) else None
     return (m.group(1), int(m.group(2))) if m else None
+
+
+# pbx_spool appends one of these when it archives a call file (Archive: yes).
+ARCHIVE_STATUSES = ("Completed", "Expired", "Failed")
+# An archived file is ours, small; anything bigger is not read whole.
+_MAX_ARCHIVED = 64 * 1024
+
+
+def archived_status(data: bytes) -> Optional[str]:
+    """The `Status:` pbx_spool appended to an archived call file (the last one), or None
+    when there is none yet: pbx_spool moves the file into outgoing_done first and appends
+    the line after (Asterisk 22's remove_from_queue)."""
+    status = None
+    for line in data.splitlines():
+        if line.startswith(b"Status:"):
+            value = line[len(b"Status:"):].strip().decode("ascii", "replace")
+            status = value or status
+    return status
 
 
 def _check_name(name: str) -> str:
@@ -507,6 +428,8 @@ class CallFileSpool:
     def __init__(self, q: AstQueueSettings):
         self.stagingdir = os.path.abspath(os.fspath(q.stagingdir))
         self.outgoingdir = os.path.abspath(os.fspath(q.outgoingdir))
+        # Where pbx_spool archives (Archive: yes): <spooldir>/outgoing_done.
+        self.donedir = os.path.join(os.path.dirname(self.outgoingdir), "outgoing_done")
         mode = q.filemode
         if mode is not None and (
             isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777
@@ -848,6 +771,32 @@ class CallFileSpool:
     def is_pending(self, name: str) -> bool:
         """Is `name` in outgoingdir (published, Asterisk has not finished with it)?"""
         return self._is_file(os.path.join(self.outgoingdir, _check_name(name)))
+
+    def archived(self, name: str) -> Optional[str]:
+        """What pbx_spool archived for `name` (Archive: yes): None when no such file is
+        in outgoing_done, "" while it is there without its Status line (appended right
+        after the move), else the Status (Completed, Expired, Failed)."""
+        path = os.path.join(self.donedir, _check_name(name))
+        try:
+            with open(path, "rb") as f:
+                data = f.read(_MAX_ARCHIVED)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise _os_error(e, "cannot read archived call file", path) from e
+        return archived_status(data) or ""
+
+    def forget_archived(self, names: Iterable[str]) -> None:
+        """Remove the archived copies of `names` (an earlier try of a part handed over
+        again), so that their next Status is not mistaken for the old one."""
+        for name in names:
+            path = os.path.join(self.donedir, _check_name(name))
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise _os_error(e, "cannot remove archived call file", path) from e
 
     def discard(self, names: Iterable[str]) -> None:
         """Remove staged files that will not be published (a cancelled message)."""

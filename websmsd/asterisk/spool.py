@@ -8,18 +8,28 @@ crash, a message left "sending" has its part either still in staging (rename it 
 not (the rename happened; Asterisk may even have run it already): never lost, never
 twice.  Parts go one at a time: Asterisk runs the files of one drop in no particular
 order, so part n+1 is handed over only once Asterisk has taken part n from the spool.
+
+With `Archive: yes`, pbx_spool moves each processed file into outgoing_done and appends
+`Status: Completed` (or Expired, Failed), and this channel reads it: the next part of a
+long text goes only after the one before Completed, and once the last part is archived
+its Status is recorded.  Completed goes into the attempt log as what it is (the dialplan
+ran; no proof that the phone got the message); a part that Expired (the Local channel's
+extension does not exist, or it never answered) or Failed is handed over again by the
+retry policy, and the message fails with that reason once the policy gives up.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+import os
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from websmsd.asterisk import callfile as cf
 from websmsd.channel import ChannelState, Outcome
-from websmsd.message import SENDING, Message, UnsafeValue
+from websmsd.message import SENDING, SENT, Message, UnsafeValue
 from websmsd.metrics import Metrics
 
 log = Logger()
@@ -27,6 +37,15 @@ log = Logger()
 ROUTE = "callfile"
 COUNTER = "callfiles"  # websmsd_callfiles_total{event="handed_over"}
 MAX_POLL = 10.0  # seconds between looks at a call-file part Asterisk has not taken
+
+
+def _failed(name: str, part: int, parts: int, status: str) -> str:
+    """Why a part did not reach the dialplan: Expired (the Local channel's extension does
+    not exist, or it never answered within its retries) or Failed (Asterisk could not
+    use the file).  Handed over again by the retry policy."""
+    shown = status if status in cf.ARCHIVE_STATUSES else repr(status[:40])
+    of = f" (part {part + 1} of {parts})" if parts > 1 else ""
+    return f"call file {name}{of}: Asterisk says {shown}"
 
 
 def _in_thread(reactor: Any) -> Callable[..., defer.Deferred]:
@@ -53,6 +72,15 @@ class CallFileChannel:
         self.last_error: Optional[str] = None
         self.problems: List[str] = []  # what the last look found (missing dirs...)
         self._state: Tuple[Optional[str], Optional[float]] = (None, since)
+        # Archive: yes: a message is sent once Asterisk archived its last part with
+        # Status: Completed; Expired or Failed hand the part over again (retry policy).
+        self.results = bool(getattr(astqueue, "archives", False))
+        self.dispatcher: Any = None  # records what the archive says (set by the wiring)
+        self._watch: Dict[str, Tuple[str, int, int]] = {}  # name -> (id, part, parts)
+        self._watch_timer: Any = None
+        self._watch_wait = poll
+        self._watch_running = False
+        self.results_read = 0
 
     @property
     def handed_over(self) -> int:
@@ -66,17 +94,22 @@ class CallFileChannel:
     def _parts(self, m: Message) -> List[str]:
         return cf.split_body(self.astqueue, m.recipient, m.sender, m.body)
 
-    def _prepare(self, messages: Sequence[Message]) -> Tuple[list, list, list, list, list]:
+    def _prepare(self, messages: Sequence[Message]) -> Tuple[list, list, list, list, list, list]:
         """Sort messages by what to do with them and render the call files to write.
 
         Runs in a worker thread: rendering and the spool's stat calls stay off the
         reactor, which has webhooks to answer.
         """
-        ready, waiting, restage, already, broken = [], [], [], [], []
+        ready, waiting, restage, already, broken, judged = [], [], [], [], [], []
         for m in messages:
             try:
                 parts = self._parts(m)
                 name = cf.callfile_name(m.id, m.progress)
+                if self.results and m.status != SENDING and m.progress:
+                    verdict = self._result(m, len(parts))
+                    if verdict is not None:
+                        judged.append((m, verdict))
+                        continue
                 if m.status == SENDING or m.progress >= len(parts):
                     # Left "sending" by a crash (or the config changed under a message
                     # that was done): its part is either still staged, or handed over.
@@ -91,7 +124,26 @@ class CallFileChannel:
                 broken.append((m, str(e)))
                 continue
             ready.append((m, name, content, len(parts)))
-        return ready, waiting, restage, already, broken
+        if self.results and ready:
+            # A part handed over again: its earlier try's archive is no result of this one.
+            self.spool.forget_archived([name for _, name, _, _ in ready])
+        return ready, waiting, restage, already, broken, judged
+
+    def _result(self, m: Message, parts: int) -> Optional[Outcome]:
+        """With Archive: yes, what Asterisk made of the part handed over last (part
+        m.progress - 1) before the next one goes: None to go on (Completed, or no
+        archive to read), else the Outcome to record now."""
+        part = m.progress - 1
+        name = cf.callfile_name(m.id, part)
+        last_wait = max(m.next_attempt - m.updated, self.poll)
+        if self.spool.is_pending(name):
+            return Outcome.later(min(2 * last_wait, MAX_POLL))
+        status = self.spool.archived(name)
+        if status == "":  # moved, its Status line about to be appended
+            return Outcome.later(self.poll)
+        if status is None or status == "Completed":
+            return None
+        return Outcome.failed(_failed(name, part, parts, status), progress=part)
 
     def send_batch(self, messages: List[Message], claim: Any) -> defer.Deferred:
         return defer.ensureDeferred(self._send_batch(messages, claim))
@@ -100,7 +152,12 @@ class CallFileChannel:
         outcomes = {}
         claimed: set = set()
         try:
-            ready, waiting, restage, already, broken = await self._thread(self._prepare, messages)
+            ready, waiting, restage, already, broken, judged = await self._thread(
+                self._prepare, messages)
+            for m, outcome in judged:
+                if not outcome.ok and outcome.retry_in is None:
+                    log.warn("inbound {id}: {reason}", id=m.id, reason=outcome.reason)
+                outcomes[m.id] = outcome
             for m, reason in broken:
                 log.error("call file for {id} refused: {reason}", id=m.id, reason=reason)
                 outcomes[m.id] = Outcome.failed(reason, permanent=True)
@@ -136,11 +193,119 @@ class CallFileChannel:
             progress = m.progress + 1
             if progress >= parts:
                 outcomes[m.id] = Outcome.sent(progress=parts)
+                if self.results and self.dispatcher is not None:
+                    self._watch[name] = (m.id, m.progress, parts)
             else:
                 outcomes[m.id] = Outcome.later(self.poll, progress=progress)
+        if self.results and self._watch:
+            self._look_soon()
         self.metrics.count(COUNTER, "handed_over", len(publish))
         # What was neither ready nor anything else was cancelled before its claim.
         return [outcomes.get(m.id) or Outcome.later(0.0) for m in messages]
+
+    # -- Archive: yes: what Asterisk made of the last parts ------------------------------
+
+    def _look_soon(self, reset: bool = True) -> None:
+        if reset:
+            self._watch_wait = self.poll
+        if self._watch_timer is not None and self._watch_timer.active():
+            if not reset:
+                return
+            self._watch_timer.cancel()
+        self._watch_timer = self.reactor.callLater(self._watch_wait, self._look_at_archive)
+
+    def _look_at_archive(self) -> None:
+        self._watch_timer = None
+        if self._watch_running or not self._watch:
+            return
+        self._watch_running = True
+        d = self._thread(self._read_archive, dict(self._watch))
+        d.addCallback(lambda found: defer.ensureDeferred(self._judge(found)))
+        d.addErrback(lambda f: log.failure("call files: reading outgoing_done failed", f))
+
+        def again(_: Any) -> None:
+            self._watch_running = False
+            if self._watch:
+                self._watch_wait = min(self._watch_wait * 2, MAX_POLL)
+                self._look_soon(reset=False)
+
+        d.addBoth(again)
+
+    def _read_archive(self, watched: Dict[str, Tuple[str, int, int]]) -> list:
+        """(name, status) of each watched file Asterisk has finished with; status None
+        when it is not archived (taken, result not known).  In a worker thread."""
+        found = []
+        for name in watched:
+            if self.spool.is_pending(name):
+                continue
+            status = self.spool.archived(name)
+            if status != "":
+                found.append((name, status))
+        return found
+
+    async def _judge(self, found: list) -> None:
+        for name, status in found:
+            message_id, part, parts = self._watch.pop(name)
+            self.results_read += 1
+            if status is None:
+                continue
+            m = await self.dispatcher.store.get(message_id)
+            if m is None or m.status != SENT:
+                continue  # cancelled, requeued by the owner...
+            await self._record_result(m, name, part, parts, status)
+
+    async def _record_result(self, m: Message, name: str, part: int, parts: int,
+                             status: str) -> None:
+        of = f" (part {part + 1} of {parts})" if parts > 1 else ""
+        if status == "Completed":
+            # pbx_spool's Completed means the Local channel answered and the dialplan
+            # ran, not that MessageSend reached a phone: recorded as that, still "sent".
+            detail = (f"call file {name}{of}: Asterisk says Completed (its dialplan ran;"
+                      " no proof that the phone got it)")
+            await self.dispatcher.store.update([(m.id, {"reason": None})], [(m.id, True, detail)])
+            return
+        reason = _failed(name, part, parts, status)
+        log.warn("inbound {id}: {reason}", id=m.id, reason=reason)
+        # The hand-over was counted as an attempt when it was recorded sent; this is
+        # how that same attempt ended.
+        m.attempts = max(0, m.attempts - 1)
+        await self.dispatcher.record(m, Outcome.failed(reason, progress=part))
+        self.dispatcher.wake(ROUTE)
+
+    def watch_recent(self, since: float) -> defer.Deferred:
+        """After a restart: watch again the last parts of the messages sent since `since`
+        whose result is not recorded yet (still in outgoing, or archived after their
+        hand-over)."""
+        return defer.ensureDeferred(self._watch_recent(since))
+
+    async def _watch_recent(self, since: float) -> None:
+        recent = await self.dispatcher.store.reader.recent(since, 10000)
+        sent = [m for m in recent if m.route == ROUTE and m.status == SENT and m.progress]
+        names = {cf.callfile_name(m.id, m.progress - 1): m for m in sent}
+
+        def look() -> Dict[str, Tuple[str, int, int]]:
+            out = {}
+            for name, m in names.items():
+                if self.spool.is_pending(name):
+                    out[name] = (m.id, m.progress - 1, m.progress)
+                    continue
+                try:
+                    mtime = os.stat(os.path.join(self.spool.donedir, name)).st_mtime
+                except OSError:
+                    continue
+                if mtime >= m.updated:  # archived after its hand-over was recorded
+                    out[name] = (m.id, m.progress - 1, m.progress)
+            return out
+
+        if names:
+            self._watch.update(await self._thread(look))
+        if self._watch:
+            self._look_soon()
+
+    def stop_watching(self) -> None:
+        if self._watch_timer is not None and self._watch_timer.active():
+            self._watch_timer.cancel()
+        self._watch_timer = None
 
     # -- the status page -----------------------------------------------------------------
 
@@ -195,3 +360,25 @@ class CallFileChannel:
             {"route": ROUTE, "handed_over": self.handed_over, "last_error": self.last_error,
              "problems": problems, "waiting": waiting,
              "outgoingdir": self.spool.outgoingdir, "stagingdir": self.spool.stagingdir})
+
+
+class ResultWatch(Service):
+    """Archive: yes: reads what Asterisk made of the call files (a child of the daemon's
+    service, after the store and the dispatcher).  At start it watches again the last
+    parts handed over in the day before, whose result may not be recorded yet."""
+
+    name = "call-file results"
+    HORIZON = 86400.0
+
+    def __init__(self, channel: CallFileChannel):
+        self.channel = channel
+
+    def startService(self) -> None:
+        super().startService()
+        since = self.channel.reactor.seconds() - self.HORIZON
+        d = self.channel.watch_recent(since)
+        d.addErrback(lambda f: log.failure("call files: finding results to read failed", f))
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.channel.stop_watching()

@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from websmsd.config import ami as _ami
 from websmsd.config import astqueue as _astqueue
 from websmsd.config import daemon as _daemon
 from websmsd.config import goip as _goip
@@ -53,7 +54,7 @@ __all__ = [
 ]
 
 # The channel sections: each is an interface kind of its own (goip:sim1, ...).
-CHANNEL_SECTIONS: Tuple[Any, ...] = (_goip, _yeastar, _smssync, _smsgateway, _smsgate)
+CHANNEL_SECTIONS: Tuple[Any, ...] = (_goip, _yeastar, _smssync, _smsgateway, _smsgate, _ami)
 
 # Every section websms.conf may have, by name: each module has its KEYS and a read().
 SECTIONS = {
@@ -128,6 +129,7 @@ def loads(
             interfaces.update((name, (m.NAME, None)) for name, *_ in m.interfaces(channels[m.NAME]))
     route = _route.read(sections.get("route"), context, interfaces)
     phones = _phones.read(sections.get("phones"), context)
+    _ami.check(sections, context)  # what needs [ami]: delivery = ami, notify
     if not path.startswith("<"):
         base = os.path.dirname(os.path.abspath(path))
         outbound, astqueue, daemon = _relative_to(base, outbound, astqueue, daemon)

@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 
 from websmsd.config.ini import IniSection
 from websmsd.config.reader import _Context, _Key, _keys, _read_section, _values_for
-from websmsd.config.values import (_archive, _call_file_value, _count, _directory, _file_mode,
+from websmsd.config.values import (_archive, _choice, _call_file_value, _count, _directory, _file_mode,
                                    _file_owner, _message_encode, _optional_call_file_value,
                                    _priority)
 
@@ -34,9 +34,23 @@ class AstQueueSettings:
     # so that an Asterisk running as another user can read and delete it.
     filemode: Optional[int] = None
     fileowner: Optional[str] = None  # "user" or "user:group"
+    # How an inbound SMS reaches the phones: "callfile" (the dialplan decides, as the
+    # PHP did) or "ami" (MessageSend to each [phones] endpoint that has the number).
+    delivery: str = "callfile"
     # Which fields websms.conf (or a preset) gave, for check-config: ((name, origin), ...).
     origins: Tuple[Tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
+    @property
+    def donedir(self) -> str:
+        """Where Asterisk archives call files (`Archive: yes`): pbx_spool's
+        <spooldir>/outgoing_done, next to outgoingdir."""
+        return os.path.join(os.path.dirname(os.path.normpath(self.outgoingdir)), "outgoing_done")
+
+    @property
+    def archives(self) -> bool:
+        """Does Asterisk archive our call files (and append their Status)?  Asterisk
+        reads Archive with ast_true()."""
+        return self.archive.strip().lower() in ("yes", "true", "y", "t", "1", "on")
 
 
 _NO_INDEX = "cannot be indexed: it has one value, not one per interface"
@@ -58,6 +72,7 @@ KEYS = _keys(
     _Key("data", _optional_call_file_value, (), _NO_INDEX),
     _Key("filemode", _file_mode, (), _NO_INDEX),
     _Key("fileowner", _file_owner, (), _NO_INDEX),
+    _Key("delivery", _choice("callfile", "ami"), (), _NO_INDEX),
 )
 
 

@@ -8,7 +8,11 @@
 
 An SMS that an endpoint writes (Asterisk's MESSAGE(from) is its SIP URI) goes out with
 the endpoint's first number as sender, through the interface that owns that number; an
-SMS to a number goes to every endpoint that has it.
+SMS to a number goes to every endpoint that has it.  `notify`: whether the endpoint gets
+a notice (a short SIP MESSAGE) when an SMS it wrote is delivered or fails for good.
+
+Numbers are compared by their digits: +12025550160, 12025550160 and 0012025550160 are
+one number (ITSPs write the To of a webhook either way).
 """
 
 from __future__ import annotations
@@ -44,9 +48,14 @@ class PhonesSettings:
         return None
 
     def endpoints_of(self, number: str) -> List[str]:
-        """Every endpoint that has `number`."""
+        """Every endpoint that has `number`, in file order."""
         digits = _digits(number)
+        if not digits:
+            return []
         return [p.name for p in self.interfaces if any(_digits(n) == digits for n in p.number)]
+
+    def phone(self, endpoint: str) -> Optional[Phone]:
+        return next((p for p in self.interfaces if p.name == endpoint), None)
 
     def numbers(self) -> Dict[str, str]:
         """{endpoint: the number it writes from}."""
@@ -54,7 +63,12 @@ class PhonesSettings:
 
 
 def _digits(number: str) -> str:
-    return "".join(c for c in number if c.isdigit() or c == "+")
+    """The digits of a number as compared: its international form without "+" or "00"
+    (+46 70-123 45 67, 0046701234567 and 46701234567 alike)."""
+    digits = "".join(c for c in number if c.isdigit())
+    if number.lstrip().startswith("00") and not number.lstrip().startswith("+"):
+        digits = digits[2:]
+    return digits
 
 
 NAME = "phones"
