@@ -44,8 +44,10 @@ def test_the_issue_example_loads_as_written(tmp_path):
     assert s.phones.endpoints_of("+12025550160") == ["john.doe", "desk"]
     assert [(p.name, p.notify) for p in s.phones.interfaces] == [
         ("john.doe", "all"), ("jane.doe", "none"), ("desk", "none")]
-    # [ami] adds no interface out of the PBX.
-    assert s.interfaces() == [("", "itsp", (), False)]
+    # [ami] adds no interface out of the PBX (and the example has no [websms] url_host:
+    # nothing goes out, and check-config says so as its one error).
+    assert s.interfaces() == []
+    assert len(s.problems) == 1 and "no interface configured for outbound SMS" in s.problems[0]
     text = report(s)
     assert "[ami]" in text and "secret = ****" in text and "amisecret" not in text
     assert "delivery = ami" in text
