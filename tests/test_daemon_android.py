@@ -201,7 +201,10 @@ def test_smssync_a_silent_phone_is_a_route_down_until_it_polls(make_daemon):
     assert channel["state"] == "silent" and channel["info"]["app"] == "SMSSync-Android"
     queued = submit(d, "+254711000001", "waits", "phone1")
     time.sleep(0.3)
-    assert message(d, queued) == ("queued", None, 0)
+    # Waiting, with no attempt spent, and saying why.
+    status, reason, attempts = message(d, queued)
+    assert (status, attempts) == ("queued", 0)
+    assert reason.startswith("waiting: route smssync:phone1 is down: phone silent since")
     assert [m["uuid"] for m in phone.check_tasks()] == [queued]
     assert route_row(d, "smssync:phone1")["down"] is None
     metrics = urllib.request.urlopen(d.api_url + "/metrics", timeout=30).read().decode()

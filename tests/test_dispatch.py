@@ -308,7 +308,7 @@ def test_concurrency_is_bounded(world):
 
 
 def test_a_part_asterisk_does_not_take_is_looked_at_less_and_less_often(world):
-    m = inbound(world, "слово " * 400)
+    inbound(world, "слово " * 400)
     writes = []
     real_update = world.store.update
 
