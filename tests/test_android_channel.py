@@ -27,7 +27,8 @@ import phonepeers
 from conftest import fired
 from phonepeers import FakeSMSGate, MedicPhone, Reply, SMSsyncPhone, WireRequest
 from websmsd.android import service as android_service
-from websmsd.android import smsgate as g
+from websmsd.android import smsgate_client as gc
+from websmsd.android import smsgate_inbox as gi
 from websmsd.android.presence import parse_user_agent, safe_sender
 from websmsd.android.smsgate_channel import SMSGateChannel
 from websmsd.config import ConfigError, load, loads, report
@@ -1047,7 +1048,7 @@ class Gate:
         self.rig, self.fake = rig, fake
         self.line = Line(fake)
         [settings] = rig.settings.channels["smsgate"].interfaces
-        client = g.SMSGateClient(self.line, settings.url, settings.user, settings.password,
+        client = gc.SMSGateClient(self.line, settings.url, settings.user, settings.password,
                                  clock=rig.clock, timeout=settings.timeout)
         self.channel = SMSGateChannel(rig.wiring, settings, client=client)
         rig.dispatcher.add_route(self.channel.route, self.channel, concurrency=1)
@@ -1126,7 +1127,7 @@ def test_gate_reads_the_inbox_once_across_polls_and_restarts(gate, tmp_path):
         ("M-PESA", "second", "+254700000003", ROUTE3)]
     assert all(m.dedupe_key.startswith(ROUTE3 + ":") for m in got)
     state = fired(gt.rig.store.state("smsgate:phone3:inbox"))
-    assert g.InboxState.from_json(state).seen
+    assert gi.InboxState.from_json(state).seen
     gt.tick(5)
     gt.tick(5)
     assert len(gt.rig.inbound()) == 2

@@ -20,6 +20,8 @@ import pytest
 
 from phonepeers import FakeSMSGate, _ktor_date
 from websmsd.android import smsgate as g
+from websmsd.android import smsgate_client as gc
+from websmsd.android import smsgate_inbox as gi
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUS7 = dt.timezone(dt.timedelta(hours=7))
@@ -274,7 +276,7 @@ class Drive:
 
 
 def fresh(fake, since=NOW - 10 * MIN):
-    return g.InboxState.start(since)
+    return gi.InboxState.start(since)
 
 
 def test_first_poll_takes_only_what_is_newer_than_the_start():
@@ -283,7 +285,7 @@ def test_first_poll_takes_only_what_is_newer_than_the_start():
         fake.receive("+1", f"history {i}", NOW - DAY + i * MIN)
     fake.receive("+2", "new b", NOW - 2 * MIN)
     fake.receive("+2", "new a", NOW - 3 * MIN)
-    result = Drive(fake, g.InboxReader(page_size=10)).poll(fresh(fake))
+    result = Drive(fake, gi.InboxReader(page_size=10)).poll(fresh(fake))
     assert [e.text for e in result.new] == ["new a", "new b"]  # oldest first
     assert result.complete and result.late == 0 and result.state.below == 30
 
@@ -291,7 +293,7 @@ def test_first_poll_takes_only_what_is_newer_than_the_start():
 def test_quiet_poll_is_one_request_and_changes_nothing():
     fake = FakeSMSGate()
     fake.receive("+1", "x", NOW - MIN)
-    drive = Drive(fake, g.InboxReader())
+    drive = Drive(fake, gi.InboxReader())
     state = drive.poll(fresh(fake)).state
     drive.requests = 0
     result = drive.poll(state)
@@ -300,7 +302,7 @@ def test_quiet_poll_is_one_request_and_changes_nothing():
 
 def test_each_sms_is_taken_once():
     fake = FakeSMSGate()
-    drive = Drive(fake, g.InboxReader(page_size=5))
+    drive = Drive(fake, gi.InboxReader(page_size=5))
     state = fresh(fake)
     taken = []
     for i in range(20):
@@ -318,7 +320,7 @@ def test_a_new_sms_on_top_of_many_known_costs_few_requests():
     fake = FakeSMSGate()
     for i in range(300):
         fake.receive("+1", f"m{i}", NOW - 9 * MIN + i * 100)
-    drive = Drive(fake, g.InboxReader(page_size=50))
+    drive = Drive(fake, gi.InboxReader(page_size=50))
     state = drive.poll(fresh(fake)).state
     fake.receive("+1", "the new one", NOW - MIN)
     drive.requests = 0
@@ -331,7 +333,7 @@ def test_late_sms_with_an_old_time_is_found_deep_in_the_list():
     fake = FakeSMSGate()
     for i in range(100):
         fake.receive("+1", f"m{i}", NOW - 2 * DAY + i * MIN)
-    drive = Drive(fake, g.InboxReader(page_size=10))
+    drive = Drive(fake, gi.InboxReader(page_size=10))
     state = drive.poll(fresh(fake, NOW - 3 * DAY)).state
     assert len(state.seen) == 100
     # The phone was off: an SMS sent a day and a half ago arrives now.
@@ -343,7 +345,7 @@ def test_late_sms_with_an_old_time_is_found_deep_in_the_list():
 def test_sms_older_than_the_horizon_is_reported_not_taken():
     fake = FakeSMSGate()
     fake.receive("+1", "now", NOW - MIN)
-    reader = g.InboxReader(horizon_ms=DAY)
+    reader = gi.InboxReader(horizon_ms=DAY)
     drive = Drive(fake, reader)
     state = drive.poll(fresh(fake)).state
     state = drive.poll(state).state
@@ -358,7 +360,7 @@ def test_offsets_shifted_by_arrivals_lose_and_repeat_nothing():
     fake = FakeSMSGate()
     for i in range(40):
         fake.receive("+1", f"old {i}", NOW - 9 * MIN + i * 1000)
-    drive = Drive(fake, g.InboxReader(page_size=7))
+    drive = Drive(fake, gi.InboxReader(page_size=7))
     counter = iter(range(1000))
 
     def arrive():
@@ -380,7 +382,7 @@ def test_the_same_sms_under_two_ids_is_taken_once():
     fake = FakeSMSGate()
     fake.receive("+1", "twice", NOW - MIN, id="text:111")
     fake.receive("+1", "twice", NOW - MIN, id="text:222")  # e.g. re-read by /inbox/refresh
-    result = Drive(fake, g.InboxReader()).poll(fresh(fake))
+    result = Drive(fake, gi.InboxReader()).poll(fresh(fake))
     assert [e.text for e in result.new] == ["twice"] and len(result.duplicates) == 1
 
 
@@ -388,7 +390,7 @@ def test_two_sms_sharing_an_id_are_both_taken_when_seen():
     # Before v1.63 ids hashed sender and time only: a second SMS in the same ms replaced the
     # first.  Each is taken if a poll saw the first.
     fake = FakeSMSGate()
-    drive = Drive(fake, g.InboxReader())
+    drive = Drive(fake, gi.InboxReader())
     fake.receive("+1", "one", NOW - MIN, id="b8f0")
     result = drive.poll(fresh(fake))
     fake.receive("+1", "two", NOW - MIN, id="b8f0")
@@ -400,7 +402,7 @@ def test_two_sms_in_the_same_millisecond_are_two():
     fake = FakeSMSGate()
     fake.receive("+1", "yes", NOW - MIN)
     fake.receive("+1", "no", NOW - MIN)
-    assert sorted(e.text for e in Drive(fake, g.InboxReader()).poll(fresh(fake)).new) == ["no", "yes"]
+    assert sorted(e.text for e in Drive(fake, gi.InboxReader()).poll(fresh(fake)).new) == ["no", "yes"]
 
 
 def test_near_window_for_v1_66_1_duplicates():
@@ -408,45 +410,45 @@ def test_near_window_for_v1_66_1_duplicates():
     fake.receive("+1", "hello", NOW - 5 * MIN)
     fake.receive("+1", "hello", NOW - 5 * MIN + 4000)  # the phone's receiving time, other id
     fake.receive("+1", "hello", NOW - 2 * MIN)  # really sent again, 3 min later
-    plain = Drive(fake, g.InboxReader()).poll(fresh(fake))
+    plain = Drive(fake, gi.InboxReader()).poll(fresh(fake))
     assert len(plain.new) == 3
-    tuned = Drive(fake, g.InboxReader(near_window_ms=g.near_window_for_version("1.66.1"))).poll(fresh(fake))
+    tuned = Drive(fake, gi.InboxReader(near_window_ms=gi.near_window_for_version("1.66.1"))).poll(fresh(fake))
     assert [e.created_ms for e in tuned.new] == [NOW - 5 * MIN, NOW - 2 * MIN] and len(tuned.duplicates) == 1
-    assert g.near_window_for_version("1.66.2") == 0 and g.near_window_for_version(None) == 0
-    assert g.near_window_for_version("v1.66.1") == 120_000
+    assert gi.near_window_for_version("1.66.2") == 0 and gi.near_window_for_version(None) == 0
+    assert gi.near_window_for_version("v1.66.1") == 120_000
 
 
 def test_restart_with_the_persisted_state():
     fake = FakeSMSGate()
-    drive = Drive(fake, g.InboxReader(page_size=4))
+    drive = Drive(fake, gi.InboxReader(page_size=4))
     fake.receive("+1", "a", NOW - 3 * MIN)
     saved = drive.poll(fresh(fake)).state.to_json()
     fake.receive("+1", "b", NOW - 2 * MIN)
     fake.receive("+1", "c", NOW - 4 * MIN)  # late, older than "a"
-    state = g.InboxState.from_json(saved)
+    state = gi.InboxState.from_json(saved)
     result = drive.poll(state)
     assert [e.text for e in result.new] == ["c", "b"]
-    assert drive.poll(g.InboxState.from_json(result.state.to_json())).new == ()
+    assert drive.poll(gi.InboxState.from_json(result.state.to_json())).new == ()
 
 
 def test_state_json_is_small_and_strict():
     fake = FakeSMSGate()
     for i in range(100):
         fake.receive("+46701234567", "some text " * 10, NOW - 9 * MIN + i)
-    state = Drive(fake, g.InboxReader()).poll(fresh(fake)).state
+    state = Drive(fake, gi.InboxReader()).poll(fresh(fake)).state
     text = state.to_json()
     assert len(text) < 60 * 100 and "+4670" not in text and "some text" not in text
-    assert g.InboxState.from_json(text) == g.InboxState(state.floor_ms, state.below, tuple(sorted(state.seen)))
+    assert gi.InboxState.from_json(text) == gi.InboxState(state.floor_ms, state.below, tuple(sorted(state.seen)))
     for bad in ("", "[]", '{"v":2}', '{"v":1,"floor":-1,"seen":[]}', '{"v":1,"floor":0,"below":"x","seen":[]}',
                 '{"v":1,"floor":0,"seen":["1:zz:00"]}', '{"v":1,"floor":0,"seen":{}}', "[" * 5000):
         with pytest.raises(ValueError):
-            g.InboxState.from_json(bad)
+            gi.InboxState.from_json(bad)
 
 
 def test_memory_is_bounded_by_the_horizon_and_max_keys():
     fake = FakeSMSGate()
     fake.now_ms = NOW
-    reader = g.InboxReader(horizon_ms=2 * DAY, max_keys=50, page_size=100)
+    reader = gi.InboxReader(horizon_ms=2 * DAY, max_keys=50, page_size=100)
     drive = Drive(fake, reader)
     state = fresh(fake, NOW - MIN)
     for day in range(10):
@@ -464,7 +466,7 @@ def test_memory_is_bounded_by_the_horizon_and_max_keys():
 
 def test_missing_total_header_still_finds_everything():
     fake = FakeSMSGate()
-    drive = Drive(fake, g.InboxReader(page_size=3))
+    drive = Drive(fake, gi.InboxReader(page_size=3))
     fake.receive("+1", "a", NOW - 2 * MIN)
     result = drive.poll(fresh(fake), total_header=False)
     fake.receive("+1", "b", NOW - MIN)
@@ -475,7 +477,7 @@ def test_missing_total_header_still_finds_everything():
 
 def test_inbox_emptied_by_an_app_upgrade():
     fake = FakeSMSGate()
-    drive = Drive(fake, g.InboxReader())
+    drive = Drive(fake, gi.InboxReader())
     for i in range(5):
         fake.receive("+1", f"old {i}", NOW - DAY + i)
     fake.receive("+1", "a", NOW - 2 * MIN)
@@ -489,13 +491,13 @@ def test_inbox_emptied_by_an_app_upgrade():
 
 
 def test_other_types_and_unreadable_rows_are_counted_not_taken():
-    reader = g.InboxReader(page_size=10)
-    scan = reader.begin(g.InboxState.start(0))
-    assert scan.next_request() == g.InboxRequest(None, None, 10, 0, "probe")
+    reader = gi.InboxReader(page_size=10)
+    scan = reader.begin(gi.InboxState.start(0))
+    assert scan.next_request() == gi.InboxRequest(None, None, 10, 0, "probe")
     rows = [g.InboxEntry("m", "MMS", "+1", "pic", 5, "t"), g.InboxEntry("s", "SMS", "+1", "txt", 4, "t")]
     bad = (g.InvalidRow("0123456789abcdef", None, "no sender"),)
     scan.feed(g.InboxPage(tuple(rows), 3, bad))
-    assert scan.next_request() == g.InboxRequest(0, None, 10, 0, "range")  # floor 0: nothing below
+    assert scan.next_request() == gi.InboxRequest(0, None, 10, 0, "range")  # floor 0: nothing below
     scan.feed(g.InboxPage(tuple(rows), 3, bad))
     result = scan.result()
     assert [e.id for e in result.new] == ["s"] and len(result.skipped) == 2
@@ -503,7 +505,7 @@ def test_other_types_and_unreadable_rows_are_counted_not_taken():
 
 
 def test_scan_misuse():
-    scan = g.InboxReader().begin(g.InboxState.start(0))
+    scan = gi.InboxReader().begin(gi.InboxState.start(0))
     with pytest.raises(RuntimeError):
         scan.result()
     scan.next_request()
@@ -513,14 +515,14 @@ def test_scan_misuse():
     for bad in ({"page_size": 0}, {"page_size": 501}, {"max_keys": 0}, {"near_window_ms": -1},
                 {"max_requests": 63}):
         with pytest.raises(ValueError):
-            g.InboxReader(**bad)
+            gi.InboxReader(**bad)
 
 
 def test_stopping_at_max_new_continues_next_poll():
     fake = FakeSMSGate()
     for i in range(50):
         fake.receive("+1", f"m{i:02d}", NOW - 9 * MIN + i * 1000)
-    drive = Drive(fake, g.InboxReader(page_size=10, max_new=20))
+    drive = Drive(fake, gi.InboxReader(page_size=10, max_new=20))
     taken = []
     state = fresh(fake)
     for _ in range(6):
@@ -536,7 +538,7 @@ def _random_traffic(seed, *, max_keys=10_000, max_new=1000):
     sizes; restarts through JSON.  Returns (keys taken, keys that reached the phone, late)."""
     rng = random.Random(seed)
     fake = FakeSMSGate()
-    reader = g.InboxReader(page_size=rng.choice([1, 2, 3, 5, 10, 50]), horizon_ms=rng.choice([2 * DAY, 3 * DAY]),
+    reader = gi.InboxReader(page_size=rng.choice([1, 2, 3, 5, 10, 50]), horizon_ms=rng.choice([2 * DAY, 3 * DAY]),
                            max_keys=max_keys, max_requests=rng.choice([64, 200]), max_new=max_new)
     drive = Drive(fake, reader)
     state = fresh(fake, NOW - 10 * DAY)
@@ -565,7 +567,7 @@ def _random_traffic(seed, *, max_keys=10_000, max_new=1000):
         assert len(result.state.seen) <= 2 * max_keys + reader.page_size * reader.max_requests
         taken += [e.key for e in result.new]
         late += result.late
-        state = g.InboxState.from_json(result.state.to_json()) if rng.random() < 0.3 else result.state
+        state = gi.InboxState.from_json(result.state.to_json()) if rng.random() < 0.3 else result.state
     for _ in range(100):  # quiet polls let the last arrivals and any backlog in
         result = drive.poll(state)
         taken += [e.key for e in result.new]
@@ -654,7 +656,7 @@ def phone():
 
 
 def client(fake, password=None, **kw):
-    return g.SMSGateClient(StubTreq(FakeResource(fake)), "http://phone.lan:8080", fake.user,
+    return gc.SMSGateClient(StubTreq(FakeResource(fake)), "http://phone.lan:8080", fake.user,
                            fake.password if password is None else password, clock=kw.pop("clock", task.Clock()), **kw)
 
 
@@ -719,7 +721,7 @@ def test_client_400_is_permanent_with_the_apps_message():
             request.setResponseCode(400)
             return b'{"message":"simNumber must be >= 1"}'
 
-    c = g.SMSGateClient(StubTreq(Refuse()), "http://p:8080", "u", "p", clock=task.Clock())
+    c = gc.SMSGateClient(StubTreq(Refuse()), "http://p:8080", "u", "p", clock=task.Clock())
     out = fired(c.send("m1", "+1", "x"))
     assert (out.ok, out.permanent, out.status) == (False, True, 400) and "simNumber" in out.reason
 
@@ -732,7 +734,7 @@ def test_client_5xx_is_transient():
             request.setResponseCode(503)
             return b"busy"
 
-    out = fired(g.SMSGateClient(StubTreq(Boom()), "http://p:8080", "u", "p", clock=task.Clock()).send("m", "+1", "x"))
+    out = fired(gc.SMSGateClient(StubTreq(Boom()), "http://p:8080", "u", "p", clock=task.Clock()).send("m", "+1", "x"))
     assert (out.ok, out.permanent, out.down) == (False, False, False)
 
 
@@ -756,7 +758,7 @@ class Hanging:
 
 
 def test_client_connection_refused_is_down():
-    c = g.SMSGateClient(Refusing(), "http://phone.lan:8080", "u", "p", clock=task.Clock())
+    c = gc.SMSGateClient(Refusing(), "http://phone.lan:8080", "u", "p", clock=task.Clock())
     out = fired(c.send("m1", "+1", "x"))
     assert (out.ok, out.permanent, out.down, out.status) == (False, False, True, None)
     assert "connection refused by phone.lan:8080" in out.reason
@@ -770,7 +772,7 @@ def test_client_connection_refused_is_down():
 def test_client_timeout_is_down_and_cancels():
     clock = task.Clock()
     hanging = Hanging()
-    c = g.SMSGateClient(hanging, "http://phone.lan:8080", "u", "p", clock=clock, timeout=30)
+    c = gc.SMSGateClient(hanging, "http://phone.lan:8080", "u", "p", clock=clock, timeout=30)
     d = c.send("m1", "+1", "x")
     results = []
     d.addBoth(results.append)
@@ -785,7 +787,7 @@ def test_client_timeout_is_down_and_cancels():
 
 def test_client_cancel_by_the_caller_propagates():
     clock = task.Clock()
-    c = g.SMSGateClient(Hanging(), "http://p:8080", "u", "p", clock=clock)
+    c = gc.SMSGateClient(Hanging(), "http://p:8080", "u", "p", clock=clock)
     d = c.send("m1", "+1", "x")
     d.cancel()
     failed(d, defer.CancelledError)
@@ -825,7 +827,7 @@ def test_client_inbox_errors(phone):
             request.setResponseCode(404)
             return b""
 
-    c = g.SMSGateClient(StubTreq(Old()), "http://p:8080", "u", "p", clock=task.Clock())
+    c = gc.SMSGateClient(StubTreq(Old()), "http://p:8080", "u", "p", clock=task.Clock())
     err = failed(c.inbox())
     assert "v1.59.0" in err.reason and err.down
 
@@ -835,7 +837,7 @@ def test_client_inbox_errors(phone):
         def render(self, request):
             return b"<html>"
 
-    c = g.SMSGateClient(StubTreq(Garbage()), "http://p:8080", "u", "p", clock=task.Clock())
+    c = gc.SMSGateClient(StubTreq(Garbage()), "http://p:8080", "u", "p", clock=task.Clock())
     assert not failed(c.inbox()).down
 
 
@@ -859,9 +861,9 @@ def test_client_poll_inbox(phone, log):
     phone.receive("+1", "one", NOW - 2 * MIN)
     phone.receive("+2", "two", NOW - MIN)
     c = client(phone)
-    result = fired(c.poll_inbox(g.InboxState.start(NOW - 10 * MIN), g.InboxReader(page_size=1)))
+    result = fired(c.poll_inbox(gi.InboxState.start(NOW - 10 * MIN), gi.InboxReader(page_size=1)))
     assert [e.text for e in result.new] == ["one", "two"]
-    assert fired(c.poll_inbox(result.state, g.InboxReader(page_size=1))).new == ()
+    assert fired(c.poll_inbox(result.state, gi.InboxReader(page_size=1))).new == ()
 
 
 def test_client_poll_inbox_error_midway_changes_nothing(phone):
@@ -877,16 +879,16 @@ def test_client_poll_inbox_error_midway_changes_nothing(phone):
         return original(method, target, headers, body)
 
     phone.handle = flaky
-    err = failed(c.poll_inbox(g.InboxState.start(NOW - 10 * MIN), g.InboxReader()))
+    err = failed(c.poll_inbox(gi.InboxState.start(NOW - 10 * MIN), gi.InboxReader()))
     assert "Failed to count" in err.reason and not err.down
 
 
 def test_client_construction_checks():
     for base in ("", "phone:8080", "ftp://x"):
         with pytest.raises(ValueError):
-            g.SMSGateClient(Refusing(), base, "u", "p", clock=task.Clock())
+            gc.SMSGateClient(Refusing(), base, "u", "p", clock=task.Clock())
     with pytest.raises(ValueError):
-        g.SMSGateClient(Refusing(), "http://p", "u:x", "p", clock=task.Clock())
+        gc.SMSGateClient(Refusing(), "http://p", "u:x", "p", clock=task.Clock())
 
 
 def test_client_base_url_with_a_prefix(phone):
@@ -899,12 +901,13 @@ def test_client_base_url_with_a_prefix(phone):
             return b"{}"
 
     res = Prefixed()
-    fired(g.SMSGateClient(StubTreq(res), "http://p:8080/gw/", "u", "p", clock=task.Clock()).send("m", "+1", "x"))
+    fired(gc.SMSGateClient(StubTreq(res), "http://p:8080/gw/", "u", "p", clock=task.Clock()).send("m", "+1", "x"))
     assert res.uri == b"/gw/message"
 
 
 def test_smsgate_import_pulls_in_no_twisted():
-    code = ("import sys, websmsd.android.smsgate, websmsd.android.medic; "
+    code = ("import sys, websmsd.android.smsgate, websmsd.android.smsgate_inbox, websmsd.android.smsgate_client, "
+            "websmsd.android.medic; "
             "bad = [m for m in sys.modules if m == 'twisted' or m.startswith(('twisted.', 'treq'))]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
@@ -1020,7 +1023,7 @@ def _wire_main():  # pragma: no cover - runs in the child process
 
     async def main():
         out = {}
-        c = g.SMSGateClient(treq, fake.url, fake.user, fake.password, clock=reactor, timeout=10)
+        c = gc.SMSGateClient(treq, fake.url, fake.user, fake.password, clock=reactor, timeout=10)
         o = await c.send("0000018f00000001", "+46701234567", "hi")
         out["send"] = [o.ok, o.status, o.provider_id]
         out["post_target"] = fake.requests[-1][1]
@@ -1032,20 +1035,20 @@ def _wire_main():  # pragma: no cover - runs in the child process
         page = await c.inbox(since=dt.datetime(2026, 3, 1, tzinfo=PLUS7), limit=5, offset=0)
         out["inbox_target"] = fake.requests[-1][1]
         out["inbox"] = [[e.text for e in page.entries], page.total]
-        result = await c.poll_inbox(g.InboxState.start(NOW - 3 * DAY), g.InboxReader())
+        result = await c.poll_inbox(gi.InboxState.start(NOW - 3 * DAY), gi.InboxReader())
         out["poll"] = [e.text for e in result.new]
         fake.health_status = "fail"
         h = await c.health()
         out["health"] = [h.reachable, h.http_status, h.status]
         fake.silent = True
-        quick = g.SMSGateClient(treq, fake.url, fake.user, fake.password, clock=reactor, timeout=1)
+        quick = gc.SMSGateClient(treq, fake.url, fake.user, fake.password, clock=reactor, timeout=1)
         o = await quick.send("0000018f00000002", "+46701234567", "hi")
         out["silent"] = [o.ok, o.down, o.reason]
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
         s.close()
-        closed = g.SMSGateClient(treq, f"http://127.0.0.1:{port}", "u", "p", clock=reactor, timeout=5)
+        closed = gc.SMSGateClient(treq, f"http://127.0.0.1:{port}", "u", "p", clock=reactor, timeout=5)
         o = await closed.send("0000018f00000003", "+46701234567", "hi")
         out["closed"] = [o.ok, o.down, o.reason]
         return out

@@ -27,10 +27,10 @@ PURE_PREFIXES = (
     "websmsd.itsp.response", "websmsd.itsp.body", "websmsd.itsp.fields",
     "websmsd.itsp.inbound", "websmsd.itsp.signatures", "websmsd.itsp.presets",
     "websmsd.goip.udp", "websmsd.goip.web", "websmsd.goip.outcome", "websmsd.goip.inbox",
-    "websmsd.goip.sim", "websmsd.yeastar.tg", "websmsd.yeastar.messages",
+    "websmsd.goip.sim", "websmsd.yeastar.tg", "websmsd.yeastar.tg_answers", "websmsd.yeastar.messages",
     "websmsd.smpp.pdu", "websmsd.android.answer", "websmsd.ami.protocol",
     "websmsd.android.smssync", "websmsd.android.medic", "websmsd.android.basicauth",
-    "websmsd.android.presence",
+    "websmsd.android.presence", "websmsd.android.smsgate", "websmsd.android.smsgate_inbox",
     "websmsd.textsplit", "websmsd.phones.contacts", "websmsd.phones.notices",
 )
 CHANNELS = ("itsp", "asterisk", "goip", "yeastar", "android", "phones")

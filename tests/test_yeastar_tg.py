@@ -12,10 +12,9 @@ from urllib.parse import unquote
 import pytest
 
 from tgpeer import FakeTG, cli_words, device_url_decode, encode_content, parse_sms_command
-from websmsd.yeastar import tg
-from websmsd.yeastar.tg import (
-    BadEvent, Reassembler, ReceivedPart, ReceivedSMS, SendUpdate, UssdResult, YeastarError,
-)
+from websmsd.yeastar import tg, tg_answers
+from websmsd.yeastar.tg import BadEvent, Reassembler, ReceivedPart, ReceivedSMS, SendUpdate, YeastarError
+from websmsd.yeastar.tg_answers import UssdResult
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -486,21 +485,21 @@ def test_ussd_command():
 def test_ussd_notes_ucs2():
     out = ("1:Received USSD success on span: 2\n\tUSSD Responses: 0\n\tUSSD Code: 72\n"
            "\tUSSD Len: 16\n\tUSSD Message: 6B228FCE4F7F7528\n")
-    assert tg.parse_ussd_output(out) == UssdResult(True, "欢迎使用", False, None, span=2, dcs=72)
+    assert tg_answers.parse_ussd_output(out) == UssdResult(True, "欢迎使用", False, None, span=2, dcs=72)
 
 
 def test_ussd_cyrillic_ucs2_glued_end():
     text = "Баланс: 36.3 руб."
     out = ("1:Received USSD success on span: 3\n\tUSSD Responses: 0\n\tUSSD Code: 72\n"
            f"\tUSSD Len: {len(text) * 4}\n\tUSSD Message: {text.encode('utf-16-be').hex().upper()}\n--END COMMAND--")
-    assert tg.parse_ussd_output(out).text == text
+    assert tg_answers.parse_ussd_output(out).text == text
 
 
 def test_ussd_text_dcs15_real_capture():
     out = ("1:Received USSD success on span: 3\n\tUSSD Responses: 0\n\tUSSD Code: 15\n\tUSSD Len: 100\n"
            "\tUSSD Message: Solde Principal: 170 FCFA, expire le 2019-11-17. Total Bonus: 0F.Pour plus de "
            "details tapez *101*1#.\n--END COMMAND--")
-    r = tg.parse_ussd_output(out)
+    r = tg_answers.parse_ussd_output(out)
     assert r.ok and r.dcs == 15 and r.span == 3 and not r.more_expected
     assert r.text == ("Solde Principal: 170 FCFA, expire le 2019-11-17. Total Bonus: 0F.Pour plus de "
                       "details tapez *101*1#.")
@@ -509,14 +508,14 @@ def test_ussd_text_dcs15_real_capture():
 def test_ussd_tg400_variant_and_more_expected():
     out = ("1:Recive USSD sucess on span 2\r\n\tUSSD Responses: 1\r\n\tUSSD Code: 15\r\n"
            "\tUSSD Len: 20\r\n\tUSSD Message: 1. Balance\r\n2. Tariff\r\n")
-    r = tg.parse_ussd_output(out)
+    r = tg_answers.parse_ussd_output(out)
     assert (r.ok, r.text, r.more_expected, r.span) == (True, "1. Balance\n2. Tariff", True, 2)
 
 
 def test_ussd_older_firmware_forms():
-    r = tg.parse_ussd_output("1:Recive USSD on span 12,responses:0,code:15\nText:UNKNOWN APPLICATION")
+    r = tg_answers.parse_ussd_output("1:Recive USSD on span 12,responses:0,code:15\nText:UNKNOWN APPLICATION")
     assert (r.ok, r.text, r.span, r.dcs, r.more_expected) == (True, "UNKNOWN APPLICATION", 12, 15, False)
-    r = tg.parse_ussd_output("1:Recive USSD on span 1,responses:1,code:0 Text:Sisa pulsa Rp.0. 1.YA 2.Info")
+    r = tg_answers.parse_ussd_output("1:Recive USSD on span 1,responses:1,code:0 Text:Sisa pulsa Rp.0. 1.YA 2.Info")
     assert (r.text, r.more_expected, r.dcs) == ("Sisa pulsa Rp.0. 1.YA 2.Info", True, 0)
 
 
@@ -530,34 +529,34 @@ def test_ussd_older_firmware_forms():
     ("\x00\x01garbage\n", "garbage"),
 ])
 def test_ussd_failures(out, words):
-    r = tg.parse_ussd_output(out)
+    r = tg_answers.parse_ussd_output(out)
     assert not r.ok and words in r.error and r.text == ""
 
 
 def test_ussd_failure_span():
-    assert tg.parse_ussd_output("0:Send USSD timeout on span 4").span == 4
+    assert tg_answers.parse_ussd_output("0:Send USSD timeout on span 4").span == 4
 
 
 def test_ussd_ucs2_not_hex_is_kept_and_bytes_input():
     out = b"1:Received USSD success on span: 2\n\tUSSD Code: 72\n\tUSSD Message: not hex\n"
-    assert tg.parse_ussd_output(out).text == "not hex"
-    assert tg.parse_ussd_output(b"1:ok\n\tUSSD Code: 17\n\tUSSD Message: 0031\n").text == "1"  # 0x11
+    assert tg_answers.parse_ussd_output(out).text == "not hex"
+    assert tg_answers.parse_ussd_output(b"1:ok\n\tUSSD Code: 17\n\tUSSD Message: 0031\n").text == "1"  # 0x11
 
 
 def test_ussd_emoji_surrogates_and_fuzz():
     text = "Hi 😀"
     out = f"1:Received USSD success on span: 2\n\tUSSD Code: 72\n\tUSSD Message: {text.encode('utf-16-be').hex()}\n"
-    assert tg.parse_ussd_output(out).text == text
+    assert tg_answers.parse_ussd_output(out).text == text
     rng = random.Random(7)
     for _ in range(500):
         junk = "".join(rng.choice("01:\n\tUSSD Code Message Responses span 72 15 ABCDEF") for _ in range(60))
-        assert isinstance(tg.parse_ussd_output(junk), UssdResult)
+        assert isinstance(tg_answers.parse_ussd_output(junk), UssdResult)
 
 
 def test_ussd_outputs_written_by_tgpeer():
     from tgpeer import default_ussd_replies
     for code, reply in default_ussd_replies().items():
-        r = tg.parse_ussd_output(reply.ami_output(3))
+        r = tg_answers.parse_ussd_output(reply.ami_output(3))
         assert r.ok == (reply.kind not in ("fail", "timeout")), code
         if r.ok:
             assert (r.text, r.more_expected, r.span) == (reply.text, reply.more, 3)
@@ -577,7 +576,7 @@ SPANS = (
 
 
 def test_parse_spans():
-    spans = tg.parse_spans(SPANS)
+    spans = tg_answers.parse_spans(SPANS)
     assert [s.span for s in spans] == [2, 3, 4, 5, 6, 7]
     s2, s3, s4, s5, s6, s7 = spans
     assert (s2.power, s2.provisioned, s2.state, s2.active, s2.up, s2.port) == (True, True, "Up", True, True, 1)
@@ -590,8 +589,8 @@ def test_parse_spans():
 
 
 def test_parse_spans_garbage():
-    assert tg.parse_spans("") == [] and tg.parse_spans(None) == [] and tg.parse_spans("No such command") == []
-    assert tg.parse_spans(b"GSM span 2: Power on, Provisioned, Up, Active,Standard\r\n")[0].up
+    assert tg_answers.parse_spans("") == [] and tg_answers.parse_spans(None) == [] and tg_answers.parse_spans("No such command") == []
+    assert tg_answers.parse_spans(b"GSM span 2: Power on, Provisioned, Up, Active,Standard\r\n")[0].up
 
 
 SPAN_SIM800 = (
@@ -610,7 +609,7 @@ SPAN_UNREGISTERED = ("D-channel: 2\nStatus: Provisioned, Down, Active\nSwitchtyp
 
 
 def test_parse_span_capture():
-    info = tg.parse_span(SPAN_SIM800)
+    info = tg_answers.parse_span(SPAN_SIM800)
     assert (info.span, info.port, info.signal, info.network_name, info.imei, info.imsi, info.smsc) == \
         (2, 1, 13, "Bee Line GSM", "894005028759112", "251225532128772", "+79037011111")
     assert (info.manufacturer, info.model, info.revision, info.state, info.last_event) == \
@@ -621,21 +620,21 @@ def test_parse_span_capture():
 
 
 def test_parse_span_down_and_unregistered():
-    info = tg.parse_span(SPAN_EC21_DOWN)
+    info = tg_answers.parse_span(SPAN_EC21_DOWN)
     assert (info.span, info.signal, info.status.state, info.imei) == (3, None, "Down", "")
-    info = tg.parse_span(SPAN_UNREGISTERED)
+    info = tg_answers.parse_span(SPAN_UNREGISTERED)
     assert (info.signal, info.network_name, info.imsi, info.imei) == (None, "", "", "8600")
     assert info.fields["PDD"] == "7" and info.fields["BER value (0,7)"] == "0"
 
 
 @pytest.mark.parametrize("out", ["", None, "GSM span 9 does not exist\n", "No such command 'x'", "Error: x"])
 def test_parse_span_errors(out):
-    assert tg.parse_span(out) is None
+    assert tg_answers.parse_span(out) is None
 
 
 def test_parse_span_signal_out_of_range():
-    assert tg.parse_span("D-channel: 2\nSignal Quality (0,31): 99\n").signal is None
-    assert tg.parse_span("D-channel: 2\nSignal Quality (0,31): 31\n").signal == 31
+    assert tg_answers.parse_span("D-channel: 2\nSignal Quality (0,31): 99\n").signal is None
+    assert tg_answers.parse_span("D-channel: 2\nSignal Quality (0,31): 31\n").signal == 31
 
 
 # ------------------------------------------------------------------------- WebCGI
@@ -690,13 +689,13 @@ def test_webcgi_bad_ussd_code():
     ("Response: Success\nMessage: ok", (True, "ok")),
 ])
 def test_parse_webcgi_answer(body, expected):
-    assert tg.parse_webcgi_answer(body) == expected
+    assert tg_answers.parse_webcgi_answer(body) == expected
 
 
 def test_parse_webcgi_ussd_answer():
     body = "Request: 1,*100#\r\nResponse: Success\r\nMessage: Баланс: 36.3 р.\r\n2. Меню\r\n".encode()
-    assert tg.parse_webcgi_ussd_answer(body) == UssdResult(True, "Баланс: 36.3 р.\n2. Меню", span=2)
-    r = tg.parse_webcgi_ussd_answer(b"Request: 1,*000#\r\nResponse: Error\r\nMessage: Send USSD failed\r\n")
+    assert tg_answers.parse_webcgi_ussd_answer(body) == UssdResult(True, "Баланс: 36.3 р.\n2. Меню", span=2)
+    r = tg_answers.parse_webcgi_ussd_answer(b"Request: 1,*000#\r\nResponse: Error\r\nMessage: Send USSD failed\r\n")
     assert (r.ok, r.error, r.span) == (False, "Send USSD failed", 2)
 
 
@@ -715,27 +714,27 @@ BODY = b"Response: Success\r\nMessage: Commit successfully!\r\n"
     + BODY[5:] + b"\r\n0\r\n\r\n",
 ])
 def test_parse_http_answer_finds_the_body(raw):
-    answer = tg.parse_http_answer(raw)
+    answer = tg_answers.parse_http_answer(raw)
     assert answer.body.replace(b"\r\n", b"\n").strip() == BODY.replace(b"\r\n", b"\n").strip()
     assert answer.status in (200, None)
-    assert tg.parse_webcgi_answer(answer.body) == (True, "Commit successfully!")
+    assert tg_answers.parse_webcgi_answer(answer.body) == (True, "Commit successfully!")
 
 
 def test_parse_http_answer_details():
-    a = tg.parse_http_answer(b"HTTP/1.0 401 Unauthorized\r\n<Content-Type:text/html>\r\nX-Odd: 1\r\n\r\n"
+    a = tg_answers.parse_http_answer(b"HTTP/1.0 401 Unauthorized\r\n<Content-Type:text/html>\r\nX-Odd: 1\r\n\r\n"
                              b"Request: 1,*100#\r\nResponse: Success\r\n")
     assert (a.status, a.reason, a.header("content-type"), a.header("x-odd")) == (401, "Unauthorized", "text/html", "1")
     assert a.body.startswith(b"Request: 1,*100#")
-    assert tg.parse_http_answer(b"").status is None and tg.parse_http_answer(b"").body == b""
-    html = tg.parse_http_answer(b"HTTP/1.0 200 OK\r\n\r\n<html>\r\n<meta content=\"x\">\r\n")
+    assert tg_answers.parse_http_answer(b"").status is None and tg_answers.parse_http_answer(b"").body == b""
+    html = tg_answers.parse_http_answer(b"HTTP/1.0 200 OK\r\n\r\n<html>\r\n<meta content=\"x\">\r\n")
     assert html.body.startswith(b"<html>")
 
 
 def test_http_answer_complete():
-    assert tg.http_answer_complete(b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nabcd")
-    assert not tg.http_answer_complete(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nabcd")
-    assert not tg.http_answer_complete(b"HTTP/1.0 200 OK\r\n<Content-Type:text/html>\n\nabcd")
-    assert not tg.http_answer_complete(b"Content-Length: 4\r\n\r\nabcd")
+    assert tg_answers.http_answer_complete(b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nabcd")
+    assert not tg_answers.http_answer_complete(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nabcd")
+    assert not tg_answers.http_answer_complete(b"HTTP/1.0 200 OK\r\n<Content-Type:text/html>\n\nabcd")
+    assert not tg_answers.http_answer_complete(b"Content-Length: 4\r\n\r\nabcd")
 
 
 def test_parse_http_answer_fuzz():
@@ -744,17 +743,17 @@ def test_parse_http_answer_fuzz():
               b"Transfer-Encoding: chunked", b"ff", b"0", b"\xff", b":", b" "]
     for _ in range(2000):
         raw = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 20)))
-        a = tg.parse_http_answer(raw)
+        a = tg_answers.parse_http_answer(raw)
         assert isinstance(a.body, bytes)
-        tg.http_answer_complete(raw)
-        tg.parse_webcgi_answer(a.body)
+        tg_answers.http_answer_complete(raw)
+        tg_answers.parse_webcgi_answer(a.body)
 
 
 # ------------------------------------------------------------------------- boundaries
 
 
 def test_pure_module_imports_no_twisted():
-    code = ("import sys, websmsd.yeastar.tg\n"
+    code = ("import sys, websmsd.yeastar.tg, websmsd.yeastar.tg_answers\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('twisted', 'treq')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -812,15 +811,15 @@ def test_tgpeer_speaks_like_the_captures():
             s.sendall(b"Action: smscommand\r\nCommand: gsm show span 2\r\n\r\n")
             shown = read_until(s, b"--END COMMAND--\r\n\r\n", buf)
             assert shown.endswith(b"Last send AT: AT+CREG?\\r\\n--END COMMAND--\r\n\r\n")
-            assert tg.parse_span(shown.split(b"SMSCommand\r\n", 1)[1].decode()).signal == 19
+            assert tg_answers.parse_span(shown.split(b"SMSCommand\r\n", 1)[1].decode()).signal == 19
 
             s.sendall(b"Action: smscommand\r\nCommand: gsm show spans\r\n\r\n")
             spans = read_until(s, b"--END COMMAND--\r\n\r\n", buf).decode()
-            assert [(x.span, x.up) for x in tg.parse_spans(spans)] == [(2, True), (3, False), (4, True), (5, True)]
+            assert [(x.span, x.up) for x in tg_answers.parse_spans(spans)] == [(2, True), (3, False), (4, True), (5, True)]
 
             s.sendall(b"Action: smscommand\r\nCommand: gsm send ussd 2 \"*100#\"\r\n\r\n")
             ussd = read_until(s, b"--END COMMAND--\r\n\r\n", buf).decode()
-            assert tg.parse_ussd_output(ussd.split("SMSCommand\r\n", 1)[1]).text == "Баланс: 36.3 руб."
+            assert tg_answers.parse_ussd_output(ussd.split("SMSCommand\r\n", 1)[1]).text == "Баланс: 36.3 руб."
 
             # A bad span: an error text and no event.
             s.sendall(b"Action: smscommand\r\nCommand: gsm send sms 9 +1 \"x\" ws-2\r\n\r\n")

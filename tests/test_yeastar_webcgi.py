@@ -22,7 +22,7 @@ from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
 
 from tgpeer import FakeTG, device_url_decode
-from websmsd.yeastar import tg
+from websmsd.yeastar import tg, tg_answers
 from websmsd.yeastar.webcgi import MAX_ANSWER, WebCGIClient, WebCGINoAnswer, WebCGIUnreachable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,13 +223,13 @@ def test_ussd_success_and_failures():
     assert request_line(transport).startswith("GET /cgi/WebCGI?1500102=account=apiuser&password=")
     assert request_line(transport).endswith("&port=1&content=%2A100%23 HTTP/1.0")
     h.answer(proto, STRAY + "Request: 1,*100#\r\nResponse: Success\r\nMessage: Баланс: 36.3 р.\r\n".encode())
-    assert h.result == tg.UssdResult(True, "Баланс: 36.3 р.", span=2)
+    assert h.result == tg_answers.UssdResult(True, "Баланс: 36.3 р.", span=2)
 
     h = Harness()
     h.call(h.client.ussd(2, "*000#"))
     proto, _ = h.connect()
     h.answer(proto, BOA + b"Request: 2,*000#\r\nResponse: Error\r\nMessage: Send USSD failed\r\n")
-    assert h.result == tg.UssdResult(False, error="Send USSD failed", span=3)
+    assert h.result == tg_answers.UssdResult(False, error="Send USSD failed", span=3)
 
     h = Harness()
     h.call(h.client.ussd(2, "*000#"))

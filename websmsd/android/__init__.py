@@ -7,8 +7,9 @@
 - `smsgate`: "SMS Gateway for Android" (capcom6) in Local Server mode.  Here the phone is
   the HTTP server: websmsd posts SMS to it and polls its inbox and message states.
 
-`smssync`, `medic`, `basicauth`, `answer` and the pure half of `smsgate` import nothing
-from Twisted; `smsgate.SMSGateClient` is the only I/O here (treq).  The facts behind every
+`smssync`, `medic`, `basicauth`, `answer`, `smsgate` (the protocol) and `smsgate_inbox`
+(its inbox reader) import nothing from Twisted; `smsgate_client.SMSGateClient` is the only
+I/O here (treq).  The facts behind every
 rule are in the project's notes on these apps (android-gateways.md), read from the apps'
 source code.
 """

@@ -1,6 +1,7 @@
 """SMS Gateway for Android (Local Server mode): a pushed route, and a poller.
 
-The phone is the server here (websmsd.android.smsgate has the protocol and the client).
+The phone is the server here (websmsd.android.smsgate has the protocol, smsgate_inbox the
+inbox reader and smsgate_client the client).
 
 - Sending (the route's sink): ``POST /message`` with websmsd's message id as the app's
   id.  202 and 409 both mean the phone has it (409: it had it already, a retry after a
@@ -30,7 +31,7 @@ from websmsd.channel import Outcome, route_name
 from websmsd.http.site import REPORTS
 from websmsd.message import DELIVERED, FAILED, IN, SENT, Message
 
-from . import smsgate
+from . import smsgate, smsgate_client, smsgate_inbox
 from .presence import PhonePresence, clock, safe_sender
 
 log = Logger()
@@ -72,7 +73,7 @@ class SMSGateChannel(Service):
             client = self._make_client()
         self.client = client
         self.followed: Dict[str, Followed] = {}
-        self.inbox: Optional[smsgate.InboxState] = None
+        self.inbox: Optional[smsgate_inbox.InboxState] = None
         self._inbox_json: Optional[str] = None
         self.version: Optional[str] = None
         self.health: Optional[smsgate.Health] = None
@@ -93,7 +94,7 @@ class SMSGateChannel(Service):
             self._pool._factory = type("QuietHTTP11ClientFactory", (factory,), {"noisy": False})
         agent = Agent(self.reactor, pool=self._pool)
         p = self.phone
-        return smsgate.SMSGateClient(
+        return smsgate_client.SMSGateClient(
             HTTPClient(agent), p.url, p.user, p.password or "", timeout=p.timeout,
             clock=self.reactor, with_delivery_report=p.delivery_report,
             skip_phone_validation=p.skip_validation)
@@ -154,7 +155,7 @@ class SMSGateChannel(Service):
         text = await self.store.state(self.state_name)
         if text is not None:
             try:
-                self.inbox = smsgate.InboxState.from_json(text)
+                self.inbox = smsgate_inbox.InboxState.from_json(text)
                 self._inbox_json = text
             except ValueError as e:
                 log.error("{route}: the stored inbox position is unreadable ({why}): reading"
@@ -163,7 +164,7 @@ class SMSGateChannel(Service):
             # First start: SMS stamped a little before it are read too (the SMS centre's
             # clock and ours differ), none of the older history.
             since = int((self.reactor.seconds() - FIRST_START_MARGIN) * 1000)
-            self.inbox = smsgate.InboxState.start(max(0, since))
+            self.inbox = smsgate_inbox.InboxState.start(max(0, since))
             self._inbox_json = self.inbox.to_json()
             await self.wiring.accept([], state=(self.state_name, self._inbox_json))
         now = self.reactor.seconds()
@@ -238,10 +239,10 @@ class SMSGateChannel(Service):
         # older than v1.59.0: it still sends, so the route is not down for that.
         return e.down and e.status not in (404, 405)
 
-    def _reader(self) -> smsgate.InboxReader:
-        return smsgate.InboxReader(near_window_ms=smsgate.near_window_for_version(self.version))
+    def _reader(self) -> smsgate_inbox.InboxReader:
+        return smsgate_inbox.InboxReader(near_window_ms=smsgate_inbox.near_window_for_version(self.version))
 
-    async def _take(self, scan: smsgate.ScanResult) -> None:
+    async def _take(self, scan: smsgate_inbox.ScanResult) -> None:
         """Commit the new SMS with the reader's new state, in one transaction."""
         own = self.phone.own_number
         messages = [Message(IN, "", recipient=own, sender=safe_sender(e.sender), body=e.text,

@@ -40,7 +40,7 @@ from websmsd.config.yeastar import KIND, YeastarPort, YeastarSettings
 from websmsd.message import IN, SENDING, Message
 from websmsd.text import one_line
 from websmsd.yeastar import messages as ym
-from websmsd.yeastar import tg
+from websmsd.yeastar import tg, tg_answers
 
 log = Logger(namespace="websmsd.yeastar")
 
@@ -65,8 +65,8 @@ class PortState:
 
     settings: YeastarPort
     route: str
-    span_status: Optional[tg.SpanStatus] = None
-    span_info: Optional[tg.SpanInfo] = None
+    span_status: Optional[tg_answers.SpanStatus] = None
+    span_info: Optional[tg_answers.SpanInfo] = None
     span_checked: Optional[float] = None
     down: Optional[str] = None  # as told to the dispatcher
     received: int = 0
@@ -266,7 +266,7 @@ class TGLink(service.MultiService):
             log.debug("TG {tg}: gsm show spans: {why}", tg=self.label, why=str(e))
             return
         now = self.reactor.seconds()
-        spans = {s.span: s for s in tg.parse_spans(output)}
+        spans = {s.span: s for s in tg_answers.parse_spans(output)}
         for state in self.ports.values():
             status = spans.get(state.settings.span)
             state.missing = None
@@ -288,7 +288,7 @@ class TGLink(service.MultiService):
             except AMIError as e:
                 log.debug("TG {tg}: gsm show span: {why}", tg=self.label, why=str(e))
                 return
-            info = tg.parse_span(output)
+            info = tg_answers.parse_span(output)
             if info is not None:
                 state.span_info = info
         self.refreshes += 1
@@ -631,7 +631,7 @@ class TGLink(service.MultiService):
                 raise USSDError(f"the link to TG {self.label} dropped before the answer") from None
             except ActionFailed as e:
                 raise USSDError(f"TG {self.label} refused the command: {one_line(str(e))}") from None
-            result = tg.parse_ussd_output(output)
+            result = tg_answers.parse_ussd_output(output)
         if not result.ok:
             raise USSDError(f"port {p.port}: {result.error or 'USSD failed'}")
         log.info("TG {tg} port {port}: USSD {code} answered{more}", tg=self.label, port=p.port,

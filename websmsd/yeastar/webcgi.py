@@ -6,7 +6,7 @@ Agent) reject such answers although the device queued the SMS, so this client sp
 HTTP/1.0 over a raw TCP connection: it writes one GET with `Connection: close`, reads
 until the device closes (or until a Content-Length is satisfied), within a size cap and
 a timeout on the injected reactor's clock, and hands the bytes to
-`websmsd.yeastar.tg.parse_http_answer`.
+`websmsd.yeastar.tg_answers.parse_http_answer`.
 
 What the answers mean:
 
@@ -31,7 +31,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from websmsd.yeastar import tg
+from websmsd.yeastar import tg, tg_answers
 
 __all__ = ["WebCGIClient", "WebCGIError", "WebCGIUnreachable", "WebCGINoAnswer", "MAX_ANSWER"]
 
@@ -78,7 +78,7 @@ class _OneGet(Protocol):
         if len(self.buffer) > self.max_size:
             self.too_big = True
             self.transport.abortConnection()
-        elif tg.http_answer_complete(bytes(self.buffer)):
+        elif tg_answers.http_answer_complete(bytes(self.buffer)):
             # The device should close after HTTP/1.0; a Content-Length it honours lets
             # the answer count without waiting for that.
             self.transport.loseConnection()
@@ -161,8 +161,8 @@ class WebCGIClient:
             return defer.fail()
         d = self._get(target, self.timeout, "send", port)
 
-        def answered(answer: tg.HttpAnswer) -> Tuple[bool, str]:
-            ok, message = tg.parse_webcgi_answer(answer.body)
+        def answered(answer: tg_answers.HttpAnswer) -> Tuple[bool, str]:
+            ok, message = tg_answers.parse_webcgi_answer(answer.body)
             if answer.status is not None and not 200 <= answer.status < 300:
                 ok, message = False, _http_error(answer, message)
             self.log.info("WebCGI send on port {tg_port} via {authority}: {outcome}",
@@ -173,7 +173,7 @@ class WebCGIClient:
         return d.addCallback(answered)
 
     def ussd(self, port: int, code: str) -> defer.Deferred:
-        """Run a USSD request on TG port `port`; fires with a `tg.UssdResult`.
+        """Run a USSD request on TG port `port`; fires with a `tg_answers.UssdResult`.
 
         The device answers only once the network has.  Every failure, including no
         connection or no answer, is a `UssdResult` with `ok` False and `error` set; only
@@ -185,16 +185,16 @@ class WebCGIClient:
             return defer.fail()
         d = self._get(target, self.ussd_timeout, "ussd", port)
 
-        def answered(answer: tg.HttpAnswer) -> tg.UssdResult:
-            result = tg.parse_webcgi_ussd_answer(answer.body)
+        def answered(answer: tg_answers.HttpAnswer) -> tg_answers.UssdResult:
+            result = tg_answers.parse_webcgi_ussd_answer(answer.body)
             if answer.status is not None and not 200 <= answer.status < 300:
-                result = tg.UssdResult(False, error=_http_error(answer, result.error or ""),
+                result = tg_answers.UssdResult(False, error=_http_error(answer, result.error or ""),
                                        span=result.span)
             return result
 
-        def failed(failure: Failure) -> tg.UssdResult:
+        def failed(failure: Failure) -> tg_answers.UssdResult:
             failure.trap(WebCGIError)
-            return tg.UssdResult(False, error=str(failure.value))
+            return tg_answers.UssdResult(False, error=str(failure.value))
 
         return d.addCallbacks(answered, failed)
 
@@ -227,10 +227,10 @@ class WebCGIClient:
                    else failure.getErrorMessage() or failure.type.__name__)
             raise WebCGIUnreachable(f"cannot reach the TG's web server at {self._authority()}: {why}")
 
-        def collected(data: bytes) -> tg.HttpAnswer:
+        def collected(data: bytes) -> tg_answers.HttpAnswer:
             if proto.too_big:
                 raise WebCGINoAnswer(f"the TG's answer is larger than {self.max_answer} bytes")
-            answer = tg.parse_http_answer(data)
+            answer = tg_answers.parse_http_answer(data)
             if proto.timed_out and not _RESPONSE_LINE.search(answer.body):
                 raise WebCGINoAnswer(f"no complete answer within {timeout:g} s")
             if not data.strip():
@@ -255,6 +255,6 @@ class WebCGIClient:
         return d
 
 
-def _http_error(answer: tg.HttpAnswer, message: str) -> str:
+def _http_error(answer: tg_answers.HttpAnswer, message: str) -> str:
     head = f"HTTP {answer.status} {answer.reason}".strip()
     return f"{head}: {message}" if message else head
