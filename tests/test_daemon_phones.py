@@ -148,7 +148,8 @@ def test_a_phone_gets_its_messages_when_it_registers(make_daemon, peer):
     register_event(peer, "jane.doe")
     wait_until(lambda: len(peer.messages) == 3, what="three MessageSends")
     assert bodies(peer, "pjsip:jane.doe") == ["m0", "m1", "m2"]
-    assert d.rows("SELECT DISTINCT status, attempts FROM messages") == [("delivered", 1)]
+    assert d.wait_rows("SELECT DISTINCT status, attempts FROM messages", [("delivered", 1)]) == [
+        ("delivered", 1)]
 
 
 def test_the_ami_link_lost_pauses_the_routes_without_spending_attempts(make_daemon, peer):
@@ -164,7 +165,9 @@ def test_the_ami_link_lost_pauses_the_routes_without_spending_attempts(make_daem
     peer.silent = False
     wait_until(lambda: len(peer.messages) == 1, timeout=20, what="sent after the reconnect")
     assert bodies(peer, "pjsip:jane.doe") == ["while the PBX restarts"]
-    assert d.rows("SELECT status, attempts FROM messages") == [("delivered", 1)]
+    # Recorded once the peer's answer is in: just after the peer saw the action.
+    assert d.wait_rows("SELECT status, attempts FROM messages", [("delivered", 1)]) == [
+        ("delivered", 1)]
 
 
 def test_killed_while_a_messagesend_is_unanswered_the_message_is_not_lost(make_daemon, peer):
@@ -178,7 +181,7 @@ def test_killed_while_a_messagesend_is_unanswered_the_message_is_not_lost(make_d
     d.start()
     wait_until(lambda: len(peer.messages) == 1, timeout=20, what="sent after the restart")
     assert bodies(peer, "pjsip:jane.doe") == ["survives a SIGKILL"]
-    assert d.rows("SELECT status FROM messages") == [("delivered",)]
+    assert d.wait_rows("SELECT status FROM messages", [("delivered",)]) == [("delivered",)]
 
 
 def test_a_phones_sms_goes_out_from_its_number_and_comes_back_as_a_notice(
