@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import re
-import time
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple, Union
 
+from websmsd.text import local_time
 from websmsd.channel import ChannelState
 from websmsd.message import UnsafeValue, check_sender
 
@@ -26,7 +26,7 @@ SILENT_AFTER = 3  # poll intervals without a request
 
 
 def clock(t: Optional[float]) -> str:
-    return "never" if t is None else time.strftime("%H:%M:%S", time.localtime(t))
+    return "never" if t is None else local_time(t)
 
 
 # --------------------------------------------------------------------------------------

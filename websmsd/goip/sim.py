@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import re
-import time
 from typing import Any, Dict, List, Optional
 
+from websmsd.text import local_time
 from websmsd.channel import Outcome, route_name
 from websmsd.config.goip import KIND, GoIPSim
 from websmsd.goip.outcome import SendOutcome
@@ -15,7 +15,7 @@ from websmsd.message import IN, Message, UnsafeValue, check_sender
 
 
 def clock_text(t: Optional[float]) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(t)) if t is not None else "never"
+    return local_time(t) if t is not None else "never"
 
 
 _SENDER_CHARS = re.compile(r"[^A-Za-z0-9.*_\-+ ]")

@@ -19,12 +19,12 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any, Dict, List, Optional
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from websmsd.text import local_time
 from websmsd.ami.client import LOGGED_IN, LOGIN_FAILED, AMIClient
 from websmsd.ami.protocol import AMIError
 from websmsd.channel import ChannelState, route_name
@@ -39,7 +39,7 @@ CONTACT_EVENTS = ("ContactStatus", "PeerStatus")
 
 
 def _clock(t: Optional[float]) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(t)) if t is not None else "-"
+    return local_time(t) if t is not None else "-"
 
 
 class PhonesChannel:

@@ -24,7 +24,6 @@ Every port sends at most one SMS per `min_interval` (Yeastar's limit: 10 s).
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -32,6 +31,7 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from websmsd.text import local_time
 from websmsd.ami.client import (LOGGED_IN, ActionFailed, ActionLost, ActionTimeout, AMIClient,
                                 NotConnected)
 from websmsd.ami.protocol import AMIEncodeError, AMIError, Packet
@@ -56,7 +56,7 @@ class USSDError(Exception):
 
 
 def _clock(t: Optional[float]) -> str:
-    return "-" if t is None else time.strftime("%H:%M:%S", time.localtime(t))
+    return "-" if t is None else local_time(t)
 
 
 @dataclass
