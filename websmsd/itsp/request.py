@@ -18,14 +18,16 @@ import hmac
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, MutableMapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, MutableMapping, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 from websmsd import __version__
-from websmsd.config.websms import OutboundInterface
 from websmsd.itsp.phpcompat import (Pairs, _items, has_surrogates, http_build_query, php_ksort,
                                     to_bytes, urlencode)
 from websmsd.text import escape_controls
+
+if TYPE_CHECKING:  # config reads this module to check request shapes: no cycle
+    from websmsd.config.websms import OutboundInterface
 
 
 # --------------------------------------------------------------------------------------
@@ -377,7 +379,7 @@ Query = List[Tuple[str, str]]
 
 # An auth method may add fields or URL query parameters and returns the headers it
 # needs; it gets the encoder so that a signature covers exactly the bytes that are sent.
-AuthMethod = Callable[[OutboundInterface, Fields, Encoder, Query], List[Header]]
+AuthMethod = Callable[["OutboundInterface", Fields, Encoder, Query], List[Header]]
 
 
 _INCOMPLETE = (
