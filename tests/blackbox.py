@@ -90,9 +90,32 @@ class Daemon:
             cwd=str(self.root), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
         if wait:
-            for port in (self.webhook_port, self.agi_port, self.status_port):
-                wait_port(port, proc=self.proc)
+            try:
+                for port in (self.webhook_port, self.agi_port, self.status_port):
+                    wait_port(port, proc=self.proc)
+            except RuntimeError:
+                if not self._took_a_taken_port():
+                    raise
+                return self.start(wait)  # on new ports
         return self
+
+    def _took_a_taken_port(self) -> bool:
+        """free_port() hands out a port that another process may bind before the daemon
+        does (exit 2, "cannot listen"): pick new ports for the daemon's own listeners."""
+        if self.proc is None or self.proc.returncode != 2 or not self.log.exists():
+            return False
+        if "address already in use" not in self.log.read_text(errors="replace"):
+            return False
+        text = self.config.read_text()
+        for name in ("webhook_port", "agi_port", "status_port"):
+            old, new = getattr(self, name), free_port()
+            if f"tcp:{old}:" not in text:
+                return False
+            text = text.replace(f"tcp:{old}:", f"tcp:{new}:")
+            setattr(self, name, new)
+        self.config.write_text(text)
+        self.log.unlink()
+        return True
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         if self.proc is None or self.proc.poll() is not None:
