@@ -218,6 +218,12 @@ class Store:
         self._queue.put((fn, d, routes))
         return d
 
+    def write(self, fn: Callable[[sqlite3.Connection], Any]) -> defer.Deferred:
+        """Run `fn(db)` in one of the writer's transactions (with whatever else is
+        committed with it); a Deferred of its result.  For modules that keep tables of
+        their own in the store (websmsd.threads): `fn` must be quick and must not commit."""
+        return self._submit(fn)
+
     def _writer(self) -> None:
         db = self._db
         while True:
@@ -578,6 +584,11 @@ class StoreReader:
             uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
             self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
         return self._db
+
+    def run(self, fn: Callable[[sqlite3.Connection], Any]) -> defer.Deferred:
+        """Run the read-only query `fn(db)` in the reader's thread; a Deferred of its
+        result (modules with tables of their own in the store: websmsd.threads)."""
+        return self._run(fn)
 
     def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> defer.Deferred:
         if self._inline:
