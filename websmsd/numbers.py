@@ -15,7 +15,7 @@ import re
 
 from websmsd.text import shown
 
-__all__ = ["NumberError", "normalise"]
+__all__ = ["NumberError", "normalise", "number_key"]
 
 
 class NumberError(ValueError):
@@ -27,6 +27,30 @@ class NumberError(ValueError):
 # but here a letter means an alphanumeric sender name or a mistake, not a vanity number.
 _NUMBER_TEXT = re.compile(r"\+?[0-9 ()./-]+")
 _MAX_LENGTH = 64
+
+
+_SEPARATORS = re.compile(r"[ ()./-]")
+
+
+def number_key(number: str) -> str:
+    """How two spellings of one number compare: the conversation view's key.
+
+    +12025550160, 12025550160, 0012025550160 and "+1 (202) 555-0160" give "12025550160";
+    a national spelling (0701234567) stays apart, as no country is known here.  Text that
+    is not a number (an alphanumeric sender such as "VODAFONE", an interface name) is
+    its own key, in lower case.
+    """
+    text = number.strip()
+    compact = _SEPARATORS.sub("", text)
+    if compact.startswith("+"):
+        digits = compact[1:]
+    elif compact.startswith("00"):
+        digits = compact[2:]
+    else:
+        digits = compact
+    if digits.isdigit() and digits.isascii():
+        return digits
+    return text.lower()
 
 
 def normalise(number: str, country: str) -> str:
