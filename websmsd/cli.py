@@ -1,5 +1,6 @@
-"""The command-line tools: `websms` (send one SMS through the running daemon) and
-`websmsd` (check-config, and a shortcut to run the daemon in the foreground)."""
+"""The command-line tools: `websms` (send one SMS through the running daemon; `websms
+passwd NAME` makes a [web] password line) and `websmsd` (check-config, passwd, and a
+shortcut to run the daemon in the foreground)."""
 
 from __future__ import annotations
 
@@ -55,11 +56,14 @@ def websms_main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["ussd"]:
         return _ussd_main(argv[1:])
+    if argv[:1] == ["passwd"]:
+        return passwd_main(argv[1:], "websms passwd")
     parser = argparse.ArgumentParser(
         prog="websms",
         description="Send one SMS through the running websmsd. Exit status: 0 sent, "
         "1 failed (or the daemon is unreachable), 75 queued for retry.",
-        epilog="websms ussd INTERFACE CODE: send a USSD code (e.g. '*100#') through a SIM")
+        epilog="websms ussd INTERFACE CODE: send a USSD code (e.g. '*100#') through a SIM;"
+        " websms passwd NAME: the password line of a [web] user")
     parser.add_argument("to")
     parser.add_argument("sender", metavar="from")
     parser.add_argument("body")
@@ -117,12 +121,58 @@ def _ussd_main(argv: List[str]) -> int:
     return EX_SENT
 
 
+def passwd_main(argv: List[str], prog: str = "websms passwd") -> int:
+    """Ask for a password (twice, without echo; or one line from stdin) and print the
+    `password [NAME] = scrypt$...` line for [web] in websms.conf."""
+    from websmsd.config.web import USER_NAME
+    from websmsd.http.users import MAX_PASSWORD, MIN_PASSWORD, hash_password
+
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Make the password line of a [web] user (a browser login to"
+        " the conversation pages) to paste into websms.conf. Only the hash is printed.")
+    parser.add_argument("name", help="the user name (letters, digits, _ . @ -)")
+    parser.add_argument("--stdin", action="store_true",
+                        help="read the password from one line of stdin (also when stdin is"
+                        " not a terminal)")
+    args = parser.parse_args(argv)
+    if not USER_NAME.fullmatch(args.name) or args.name == "owner":
+        print(f"{prog}: {args.name!r} cannot be a user name: 1 to 64 letters, digits and"
+              " _ . @ - (and not 'owner')", file=sys.stderr)
+        return 2
+    if args.stdin or not sys.stdin.isatty():
+        password = sys.stdin.readline()
+        password = password[:-1] if password.endswith("\n") else password
+        password = password[:-1] if password.endswith("\r") else password
+    else:
+        import getpass
+
+        try:
+            password = getpass.getpass(f"Password for {args.name}: ")
+            again = getpass.getpass("The same again: ")
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return 1
+        if password != again:
+            print(f"{prog}: the two passwords differ; nothing changed", file=sys.stderr)
+            return 1
+    if len(password) < MIN_PASSWORD:
+        print(f"{prog}: a password needs at least {MIN_PASSWORD} characters", file=sys.stderr)
+        return 1
+    if len(password) > MAX_PASSWORD:
+        print(f"{prog}: a password may have at most {MAX_PASSWORD} characters", file=sys.stderr)
+        return 1
+    print(f"password [{args.name}] = {hash_password(password)}")
+    return 0
+
+
 def websmsd_main(argv: Optional[List[str]] = None) -> int:
     from websmsd.tap import default_config
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["websms"]:  # `python3 -m websmsd websms ...` from the source tree
         return websms_main(argv[1:])
+    if argv[:1] == ["passwd"]:
+        return passwd_main(argv[1:], "websmsd passwd")
     parser = argparse.ArgumentParser(
         prog="websmsd", epilog="websmsd websms TO FROM BODY [INDEX]: the websms command")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,6 +183,8 @@ def websmsd_main(argv: Optional[List[str]] = None) -> int:
     check.add_argument("--from", dest="sender", metavar="NUMBER", default="",
                        help="with --route: the sender (a reply leaves the way it came in)")
     check.add_argument("--index", default="", help="with --route: WEBSMS_INDEX")
+    sub.add_parser("passwd", help="websmsd passwd NAME [--stdin]: the password line of a"
+                   " [web] user, to paste into websms.conf", add_help=False)
     run = sub.add_parser("run", help="run the daemon in the foreground (twistd -n websmsd)")
     run.add_argument("--config", default=None)
     args = parser.parse_args(argv)

@@ -7,11 +7,11 @@ reader refuses with ``file:line: key: why``, or reads the value and says so in
 ``Settings.warnings``.
 
 One module per section: `websms` ([websms], outbound ITSPs), `websmsd` ([websmsd],
-webhooks), `astqueue`, `daemon`, `route`; and one per channel section, listed in
-`CHANNEL_SECTIONS`: a new channel's section is one new module with NAME, KIND, KEYS,
-read(section, context) (settings with `interfaces`, each with `name` and `number`) and
-interfaces(settings) (what routing needs).  Pure Python (no Twisted): the only I/O is
-reading the one file.
+webhooks), `astqueue`, `daemon`, `route`, `phones`, `web` (browser users); and one per
+channel section, listed in `CHANNEL_SECTIONS`: a new channel's section is one new module
+with NAME, KIND, KEYS, read(section, context) (settings with `interfaces`, each with
+`name` and `number`) and interfaces(settings) (what routing needs).  Pure Python (no
+Twisted): the only I/O is reading the one file.
 
     settings = load("/etc/websmsd/websms.conf")   # or raises ConfigError
     print(report(settings))                        # what `websmsd check-config` prints
@@ -34,6 +34,7 @@ from websmsd.config import smsgate as _smsgate
 from websmsd.config import smsgateway as _smsgateway
 from websmsd.config import smssync as _smssync
 from websmsd.config import websms as _websms
+from websmsd.config import web as _web
 from websmsd.config import websmsd as _websmsd
 from websmsd.config import yeastar as _yeastar
 from websmsd.config.astqueue import AstQueueSettings
@@ -43,6 +44,7 @@ from websmsd.config.phones import PhonesSettings
 from websmsd.config.reader import _Context, _index_lines
 from websmsd.config.report import report, webhook_url
 from websmsd.config.route import RouteSettings
+from websmsd.config.web import WebSettings, WebUser
 from websmsd.config.values import resp_check_pattern
 from websmsd.config.websms import OutboundInterface, OutboundSettings
 from websmsd.config.websmsd import InboundInterface, InboundSettings
@@ -50,7 +52,8 @@ from websmsd.config.websmsd import InboundInterface, InboundSettings
 __all__ = [
     "ConfigError", "Settings", "load", "loads", "report", "parse_ini", "resp_check_pattern",
     "webhook_url", "SECTIONS", "AstQueueSettings", "DaemonSettings", "InboundInterface",
-    "InboundSettings", "OutboundInterface", "OutboundSettings", "RouteSettings",
+    "InboundSettings", "OutboundInterface", "OutboundSettings", "RouteSettings", "WebSettings",
+    "WebUser",
 ]
 
 # The channel sections: each is an interface kind of its own (goip:sim1, ...).
@@ -64,6 +67,7 @@ SECTIONS = {
     "daemon": _daemon,
     "route": _route,
     "phones": _phones,
+    "web": _web,
     **{m.NAME: m for m in CHANNEL_SECTIONS},
 }
 
@@ -79,6 +83,8 @@ class Settings:
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     route: RouteSettings = field(default_factory=RouteSettings)
     phones: PhonesSettings = field(default_factory=PhonesSettings)
+    # Who may read and answer SMS in the browser, from which own numbers.
+    web: WebSettings = field(default_factory=WebSettings)
     # The channel sections present, by section name (CHANNEL_SECTIONS).
     channels: Mapping[str, Any] = field(default_factory=dict)
     # What the reader noticed but accepted (older key names, PHP quirks), for the log
@@ -129,13 +135,14 @@ def loads(
             interfaces.update((name, (m.NAME, None)) for name, *_ in m.interfaces(channels[m.NAME]))
     route = _route.read(sections.get("route"), context, interfaces)
     phones = _phones.read(sections.get("phones"), context)
+    web = _web.read(sections.get("web"), context, phones)
     _ami.check(sections, context)  # what needs [ami]: delivery = ami, notify
     if not path.startswith("<"):
         base = os.path.dirname(os.path.abspath(path))
         outbound, astqueue, daemon = _relative_to(base, outbound, astqueue, daemon)
     settings = Settings(
         path=path, outbound=outbound, inbound=inbound, astqueue=astqueue, daemon=daemon,
-        route=route, phones=phones, channels=channels, warnings=tuple(context.warnings),
+        route=route, phones=phones, web=web, channels=channels, warnings=tuple(context.warnings),
     )
     problems = []
     if not settings.interfaces():

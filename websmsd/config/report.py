@@ -8,6 +8,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 from typing import TYPE_CHECKING
 
+from websmsd.config import web as _web
 from websmsd.config.daemon import _loopback_only
 from websmsd.config.reader import FILE, _is_secret
 from websmsd.config.websmsd import InboundInterface, InboundSettings
@@ -65,6 +66,10 @@ def report(settings: Settings) -> str:
         lines += ["", "[route]"] + [f"    rule {r.name}: {', '.join(r.prefixes)} -> "
                                     f"{', '.join(r.via)}" for r in settings.route.rules]
         lines += _fields(settings.route, skip=("rules",))
+    if settings.web.users:
+        # Users and what they see; never a password hash (not even masked field by field).
+        lines += ["", "[web] users of the conversation pages"]
+        lines += _web.report_lines(settings.web, settings.phones)
     lines += ["", "[astqueue]"] + _fields(settings.astqueue)
     lines += ["", "[daemon]"] + _fields(settings.daemon)
 
