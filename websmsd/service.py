@@ -8,8 +8,9 @@ and the outbox; then the listeners (webhooks, FastAGI, the status page and API).
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, List, Tuple
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService, TimerService
@@ -97,6 +98,61 @@ class _OnStop(service.Service):
     def stopService(self) -> Any:
         super().stopService()
         return self.action()
+
+
+def _conversations(top: Any, reactor: Any, settings: Settings, store: Any) -> Tuple[Any, Any]:
+    """The conversation index (websmsd.threads), kept close to the store by a catch-up a
+    minute (pages catch up themselves: this keeps them quick), and the [web] users,
+    whose sessions are signed with a secret kept in the store (they outlive a restart)."""
+    from websmsd.http.users import Users
+    from websmsd.threads import Threads
+
+    threads = Threads(store, clock=reactor.seconds)
+    catch_up = TimerService(60, _quietly, threads.catch_up, "conversation index")
+    catch_up.setName("conversation index")
+    catch_up.setServiceParent(top)
+    users = Users(settings.web, settings.phones, secret=os.urandom(32), reactor=reactor)
+    if users.enabled:
+        _OnStart("web sessions", lambda: _keep_secret(store, users)).setServiceParent(top)
+    return threads, users
+
+
+def _quietly(fn: Any, what: str) -> Any:
+    """Run a periodic `fn` whose failure is logged, not the end of its TimerService."""
+    d = defer.maybeDeferred(fn)
+    d.addErrback(lambda f: log.failure("{what} failed", f, what=what))
+    return d
+
+
+def _keep_secret(store: Any, users: Any) -> Any:
+    """Sign sessions with the store's secret (made once, on first start)."""
+    fresh = os.urandom(32).hex()
+
+    def keep(db: Any) -> str:
+        row = db.execute("SELECT value FROM channel_state WHERE name = 'web.secret'").fetchone()
+        if row is not None:
+            return row[0]
+        db.execute("INSERT INTO channel_state (name, value, updated) VALUES "
+                   "('web.secret', ?, strftime('%s','now'))", (fresh,))
+        return fresh
+
+    d = store.write(keep)
+    d.addCallback(lambda value: setattr(users, "_secret", bytes.fromhex(value)))
+    d.addErrback(lambda f: log.failure("web sessions: the secret could not be kept; "
+                                       "sessions end with this process", f))
+    return d
+
+
+def _own_numbers(settings: Settings) -> List[str]:
+    """Every own number websms.conf writes: interfaces', [phones]', [web] users'."""
+    numbers: List[str] = []
+    for _name, _kind, own, _compact in settings.interfaces():
+        numbers.extend(own)
+    for phone in settings.phones.interfaces:
+        numbers.extend(phone.number)
+    for user in getattr(settings.web, "users", ()):
+        numbers.extend(user.numbers)
+    return numbers
 
 
 def _tls_endpoint(description: str, settings: Settings) -> str:
@@ -283,8 +339,13 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
     # The status page, the JSON API (the `websms` command) and /metrics.
     model = StatusModel(store, board, metrics, routes=list(dispatcher.routes),
                         started=started, clock=reactor.seconds)
+    # ...and the conversations: SMS per own number in the browser, for the owner and the
+    # users of [web].
+    threads, users = _conversations(top, reactor, settings, store)
     local = make_site(status.make_status_resource(model, outbox, Access.from_settings(d),
-                                                  ussd=wiring.ussd),
+                                                  ussd=wiring.ussd, threads=threads,
+                                                  users=users,
+                                                  configured=_own_numbers(settings)),
                       status.MAX_REQUEST_BODY)
     for description in d.status_listen:
         _listen(top, reactor, "status_listen", _tls_endpoint(description, settings), local,

@@ -9,8 +9,11 @@ One root resource serves `[daemon] status_listen`:
     GET  /static/<file>             the page's CSS (no CDN, no script)
     GET  /metrics                   Prometheus text format
     *    /api/...                   the JSON API (websmsd.http.api)
+    *    /conversations..., /login  SMS per own number (websmsd.http.conversations)
 
-Everything passes the same access rule first (`api.Access`).
+Everything passes the same access rule first (`api.Access`), the owner's; the static
+files also serve the sign-in page when [web] has users.  A [web] user's session (websmsd.http.users) opens the conversations of that
+user's numbers and nothing else.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from __future__ import annotations
 import os
 import re
 from typing import Any, Dict, Optional, Tuple
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
 from websmsd.http import api
+from websmsd.http.conversations import form_fields
 from websmsd.http.model import StatusModel
 from websmsd.http.pages import CSRF, Page, web_dir
 
@@ -120,15 +124,33 @@ class StatusResource(resource.Resource):
         self.access = access or api_resource.access
         self.csrf = csrf or CSRF()
         self.page = Page(self.csrf)
+        self.conversations: Any = None  # websmsd.http.conversations, when wired
+        self.users: Any = None  # websmsd.http.users.Users
         self._static: Dict[str, Tuple[bytes, bytes]] = {}
 
     def render(self, request: Any) -> Any:
         path = request.path
         is_api = path == b"/api" or path.startswith(b"/api/")
         _security(request)
-        try:
-            self.access.check(request)
-        except api.Refusal as r:
+        m = _STATIC_PATH.fullmatch(path)
+        if m and self.users is not None and self.users.enabled:
+            # The pages' CSS and script, also for the sign-in page: nothing secret.
+            if request.method not in (b"GET", b"HEAD"):
+                return self._not_allowed(request, b"GET, HEAD")
+            return self._static_file(request, m.group(1).decode("ascii"))
+        viewer, refusal = self._viewer(request)
+        conversations = self.conversations
+        if conversations is not None and conversations.handles(path):
+            return conversations.render(request, viewer, refusal)
+        if refusal is not None:
+            if viewer is not None:
+                # A [web] user: the conversations are theirs, the rest is the owner's.
+                if path == b"/" and request.method in (b"GET", b"HEAD"):
+                    request.setResponseCode(303)
+                    request.setHeader(b"Location", b"conversations")
+                    return self._plain(request, 303, "see conversations")
+                return self._plain(request, 403, "this page is the owner's")
+            r = refusal
             if r.status == 403:
                 log.info("status listener refused {source}: {reason}",
                          source=getattr(request.getClientAddress(), "host", "?"),
@@ -169,6 +191,19 @@ class StatusResource(resource.Resource):
             return self._action(request, m.group(1).decode("ascii"),
                                 m.group(2).decode("ascii"))
         return self._html(request, 404, "no such page")
+
+    def _viewer(self, request: Any) -> Tuple[Any, Optional[api.Refusal]]:
+        """Who asks: (OWNER, None) when the access rule lets the request through, else
+        (the [web] user of its session or None, the rule's refusal)."""
+        from websmsd.http.users import OWNER
+
+        try:
+            self.access.check(request)
+        except api.Refusal as r:
+            users = self.users
+            viewer = users.session(request) if users is not None and users.enabled else None
+            return viewer, r
+        return OWNER, None
 
     # -- answers
 
@@ -255,7 +290,7 @@ class StatusResource(resource.Resource):
 
     def _action(self, request: Any, message_id: str, action: str) -> Any:
         why = api.cross_origin(request)
-        form = _form(request)
+        form = form_fields(request)
         if why is None and not self.csrf.valid(form.get("csrf", ""), action, message_id):
             why = "the form is stale or not from this page (reload the page and try again)"
         if why is not None:
@@ -296,28 +331,21 @@ def _root_of(path: bytes) -> str:
     return "../" * depth or "./"
 
 
-def _form(request: Any) -> Dict[str, str]:
-    """The fields of a form POST (the status listener's requests leave bodies unparsed)."""
-    ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
-    if ctype != b"application/x-www-form-urlencoded":
-        return {}
-    content = getattr(request, "content", None)
-    if content is None:
-        return {}
-    content.seek(0)
-    raw = content.read(api.MAX_REQUEST + 1)
-    if len(raw) > api.MAX_REQUEST:
-        return {}
-    try:
-        parsed = parse_qs(raw.decode("utf-8"), keep_blank_values=True)
-    except UnicodeDecodeError:
-        return {}
-    return {k: v[-1] for k, v in parsed.items()}
-
-
 def make_status_resource(model: StatusModel, outbox: Any, access: api.Access,
                          csrf: Optional[CSRF] = None,
-                         ussd: Optional[Dict[str, Any]] = None) -> StatusResource:
-    """The root of the status listener: page, static files, /metrics and the JSON API."""
+                         ussd: Optional[Dict[str, Any]] = None,
+                         threads: Any = None, users: Any = None,
+                         configured: Any = ()) -> StatusResource:
+    """The root of the status listener: page, static files, /metrics, the JSON API and,
+    given `threads` (websmsd.threads), the conversations with `users` ([web])."""
     json_api = api.APIResource(outbox, model.store, access, status=model.snapshot, ussd=ussd)
-    return StatusResource(model, json_api, access, csrf)
+    root = StatusResource(model, json_api, access, csrf)
+    if threads is not None:
+        from websmsd.http.conversations import ConversationsResource
+
+        root.users = users
+        import socket
+
+        root.conversations = ConversationsResource(
+            threads, outbox, users, root.csrf, model.clock, configured, socket.gethostname())
+    return root
