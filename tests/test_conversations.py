@@ -295,3 +295,36 @@ def test_search_uses_the_index_and_reads_off_the_writer(c):
     assert "at least 3 characters" in c.get("/conversations/search?q=ab").text
     page = c.get("/conversations/search?q=%22NEAR(*)%3A-").text
     assert "nothing found" in page
+
+
+def test_unread_counts_per_viewer_clear_when_the_conversation_is_read(c):
+    c.inbound(body="one", created=c.now - 30)
+    c.inbound(body="two", created=c.now - 20)
+    unread = lambda page: re.findall(r'<span class="unread"[^>]*>(\d+)</span>', page)  # noqa: E731
+    assert unread(c.get("/conversations").text) == ["2"]
+    alice = c.login("alice", "alice-pw")
+    assert unread(c.as_user(alice, "GET", "/conversations").text) == ["2"]
+    c.get("/conversations/12025550160/15017122661")  # the owner reads it
+    assert unread(c.get("/conversations").text) == []
+    assert unread(c.get("/conversations/12025550160").text) == []
+    # ...alice has not.
+    assert unread(c.as_user(alice, "GET", "/conversations/12025550160").text) == ["2"]
+    c.inbound(body="three", created=c.now - 5)
+    assert unread(c.get("/conversations").text) == ["1"]
+
+
+def test_an_sms_to_a_number_two_phones_share_is_one_bubble_saying_where_it_went(c):
+    from websmsd.message import Message
+    from websmsd.routing import fan_out
+
+    first = Message(IN, "", ALICE, PEER, "to both", status=SENT, source="webhook")
+    first.created = c.now - 10
+    copies = fan_out(first, ["ami:desk", "ami:alice"])
+    copies[1].status = QUEUED
+    c.store.add(copies)
+    page = c.get("/conversations/12025550160/15017122661").text
+    assert page.count("to both") == 1
+    assert "handed to desk<" in page
+    c.store.update([(copies[1].id, {"status": SENT})])
+    page = c.get("/conversations/12025550160/15017122661").text
+    assert "handed to desk, alice<" in page

@@ -312,7 +312,13 @@ def test_a_user_never_sees_nor_sends_from_a_number_not_theirs(make_daemon, fake_
     assert status == 303, headers
     assert d.rows("SELECT sender, recipient, body, source FROM messages "
                   "WHERE direction = 'out'") == [(BOB_NUMBER, PEER, "bob's answer", "web:bob")]
-    # Signing out ends the session on the server too.
+    # A restart keeps the session (its secret is in the store)...
+    d.stop()
+    d.start()
+    bob.port = d.status_port
+    status, _, page = bob.request("GET", "/conversations/12025550170/15017122661")
+    assert status == 200 and "bob&#x27;s answer" in page
+    # ...signing out ends it on the server too.
     cookie = bob.cookie
     token = bob.token("/conversations", "logout")
     status, headers, _ = bob.request("POST", "/logout", {"csrf": token})
