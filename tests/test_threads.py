@@ -403,13 +403,19 @@ def test_concurrent_catch_ups_share_one_run(store):
         "a", "b", "c"]
 
 
-def test_a_failed_catch_up_fails_its_callers_and_the_next_one_runs_again(store):
+def test_a_failed_catch_up_fails_its_callers_and_the_next_one_runs_again(store, events):
     threads = Threads(store)
     add(store, sms(IN, body="a"))
+    fired(threads.catch_up())
+    add(store, sms(IN, body="b"))
     real = store.write
     store.write = lambda fn: defer.fail(sqlite3.OperationalError("disk I/O error"))
     with pytest.raises(sqlite3.OperationalError):
         fired(threads.catch_up())
+    # A page still shows what is indexed, and says in the log why it is behind.
+    assert [e.message.body for e in fired(threads.thread(OWN_KEY, PEER_KEY))] == ["a"]
+    assert any("catching up failed" in str(e.get("log_format")) for e in events)
     store.write = real
     assert fired(threads.catch_up()) == 1
+    assert [e.message.body for e in fired(threads.thread(OWN_KEY, PEER_KEY))] == ["a", "b"]
     assert isinstance(fired(threads.thread(OWN_KEY, PEER_KEY))[0], Entry)

@@ -27,11 +27,14 @@ from typing import (Any, Callable, Collection, Dict, Iterator, List, NamedTuple,
                     Sequence, Tuple)
 
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from websmsd.message import IN, Message
 from websmsd.numbers import number_key
 from websmsd.phones.notices import SOURCE as NOTICE
 from websmsd.store import _COLUMNS, _row_to_message
+
+log = Logger()
 
 __all__ = ["Entry", "Conversation", "OwnNumber", "Threads", "Results", "SearchPlan",
            "plan_search", "MARK", "MIN_SEARCH"]
@@ -271,6 +274,10 @@ class Threads:
         # Fan-out copies share everything but id and route; the first copy's (rowid,
         # route) by that signature.
         firsts: Dict[tuple, Tuple[int, str]] = {}
+        # The copies of one SMS are stored by one Store.add, so their rowids follow each
+        # other: only the rows at the head of a step, before its first entry, can be
+        # copies of an entry of an earlier step (one index lookup each).
+        head = True
         indexed = 0
         for rowid, direction, recipient, sender, body, source, created, route in rows:
             if source == NOTICE:
@@ -281,11 +288,14 @@ class Threads:
             inbound = direction == IN
             if inbound:
                 signature = (own_key, peer_key, created, recipient, sender, body, source)
-                first = firsts.get(signature) or _earlier_copy(db, signature)
+                first = firsts.get(signature)
+                if first is None and head:
+                    first = _earlier_copy(db, signature)
                 if first is not None and first[1] != route:
                     copies.append((first[0], rowid))
                     continue
                 firsts[signature] = (rowid, route)
+            head = False
             entries.append((rowid, own_key, peer_key, direction, created))
             search.append((rowid, body, own_key, peer_key))
             pair = pairs.get((own_key, peer_key))
@@ -317,7 +327,11 @@ class Threads:
     # -- reads -----------------------------------------------------------------------
 
     def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> defer.Deferred:
-        return self.catch_up().addCallback(lambda _: self.store.reader.run(fn))
+        # A page that cannot bring the index up to date (the store failed a commit)
+        # still shows what is indexed, statuses current: better than no page.
+        d = self.catch_up()
+        d.addErrback(lambda f: log.failure("threads: catching up failed", f))
+        return d.addCallback(lambda _: self.store.reader.run(fn))
 
     def own_numbers(self, viewer: str,
                     owns: Optional[Collection[str]] = None) -> defer.Deferred:
