@@ -28,6 +28,7 @@ from typing import (Any, Callable, Collection, Dict, Iterator, List, NamedTuple,
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from websmsd.message import IN, Message
 from websmsd.numbers import number_key
@@ -115,12 +116,13 @@ def plan_search(text: str) -> SearchPlan:
     text = "".join(ch if ch >= " " and ch != "\x7f" else " " for ch in text)
     text = " ".join(text.split())[:MAX_SEARCH].strip()
     if not text:
-        return SearchPlan(None, None, "nothing to search for")
+        return SearchPlan(None, None, "Nothing to search for.")
     key = number_key(text)
     is_number = key.isdigit()
     if len(text) < MIN_SEARCH or (is_number and len(key) < MIN_SEARCH):
-        return SearchPlan(None, key, f"texts are searched from {MIN_SEARCH} characters on:"
-                                     " these are the conversations whose number starts so")
+        return SearchPlan(None, key, f"Text is searched from {MIN_SEARCH} characters on;"
+                                     " shown are the conversations whose number (or"
+                                     " sender name) starts so.")
     words = text.split(" ")
     if all(len(w) >= MIN_SEARCH for w in words):
         match = " AND ".join(_phrase(w) for w in words)
@@ -235,14 +237,15 @@ class Threads:
         self._running = False
         served = [d for c, d in self._waiting if c <= start]
         self._waiting = [(c, d) for c, d in self._waiting if c > start]
-        if self._waiting:
-            self._start()
-        failed = _is_failure(result)
         for d in served:
-            if failed:
+            if isinstance(result, Failure):
                 d.errback(result)
             else:
                 d.callback(result)
+        # Callers that came after more commits than this run saw: one run for them all
+        # (unless one of the callbacks above started it already).
+        if self._waiting and not self._running:
+            self._start()
 
     @defer.inlineCallbacks
     def _run(self, start: int) -> Any:
@@ -458,12 +461,6 @@ class Threads:
             return out
 
         return self._read(search)
-
-
-def _is_failure(result: Any) -> bool:
-    from twisted.python.failure import Failure
-
-    return isinstance(result, Failure)
 
 
 def _top(db: sqlite3.Connection) -> Tuple[int, int]:
