@@ -154,10 +154,10 @@ def _load(db: sqlite3.Connection,
         for row in db.execute(f"SELECT m.rowid, {_M} FROM messages m"
                               f" WHERE m.rowid IN ({marks})", chunk):
             messages[row[0]] = _row_to_message(row[1:])
-        for row in db.execute(f"SELECT c.entry_rowid, {_M} FROM thread_copies c"
-                              " JOIN messages m ON m.rowid = c.message_rowid"
-                              f" WHERE c.entry_rowid IN ({marks})"
-                              " ORDER BY c.entry_rowid, c.message_rowid", chunk):
+        for row in db.execute(f"SELECT cp.entry_rowid, {_M} FROM thread_copies cp"
+                              " JOIN messages m ON m.rowid = cp.message_rowid"
+                              f" WHERE cp.entry_rowid IN ({marks})"
+                              " ORDER BY cp.entry_rowid, cp.message_rowid", chunk):
             copies.setdefault(row[0], []).append(_row_to_message(row[1:]))
     out = {}
     for rowid, own_key, peer_key in keyed:
