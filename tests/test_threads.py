@@ -143,6 +143,9 @@ def test_unread_counts_are_per_viewer_and_marks_never_move_back(store, threads):
     fired(threads.mark_read("owner", OWN_KEY, PEER_KEY, first.created))
     assert fired(threads.conversations("owner", OWN_KEY))[0].unread == 1
     assert [n.unread for n in fired(threads.own_numbers("owner", None))] == [1]
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            fired(threads.mark_read("owner", OWN_KEY, PEER_KEY, bad))
     fired(threads.mark_read("owner", OWN_KEY, PEER_KEY, third.created))
     assert fired(threads.conversations("owner", OWN_KEY))[0].unread == 0
     # Only inbound SMS are unread: a reply after the mark is not.

@@ -20,6 +20,7 @@ up first, so a page shows every message committed before it was asked for.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -195,7 +196,11 @@ _UPSERT_CONVERSATION = (
 
 
 class Threads:
-    """Conversations over a websmsd.store.Store; every method returns a Deferred."""
+    """Conversations over a websmsd.store.Store; every method returns a Deferred.
+
+    One per store (it remembers how far the index is).  `chunk`: messages indexed per
+    writer operation (about 50 ms for 2000 on a desktop: a webhook committed in the
+    same transaction waits that long)."""
 
     def __init__(self, store: Any, clock: Callable[[], float] = time.time, chunk: int = 2000):
         if chunk < 1:
@@ -412,12 +417,15 @@ class Threads:
                   upto: float) -> defer.Deferred:
         """`viewer` has read the conversation up to the entry created at `upto`; a mark
         never moves back (two tabs, a page loaded before another)."""
+        upto = float(upto)
+        if not math.isfinite(upto):
+            return defer.fail(ValueError(f"a read mark must be a time, not {upto}"))
 
         def mark_read(db: sqlite3.Connection) -> None:
             db.execute("INSERT INTO thread_reads (viewer, own, peer, read_upto)"
                        " VALUES (?, ?, ?, ?) ON CONFLICT (viewer, own, peer) DO UPDATE SET"
                        " read_upto = max(read_upto, excluded.read_upto)",
-                       (viewer, own_key, peer_key, float(upto)))
+                       (viewer, own_key, peer_key, upto))
 
         return self.store.write(mark_read)
 
