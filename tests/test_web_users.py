@@ -354,6 +354,12 @@ def test_viewer_numbers_from_numbers_and_phones(users):
     assert not alice.owner and users.enabled
 
 
+def test_numbers_as_written(users):
+    assert users.numbers_of("alice") == ("+12025550160", "+12025550183", "+1 202 555 0199",
+                                         "+12025550198")
+    assert users.numbers_of("bob") == () and users.numbers_of("carol") == ()
+
+
 def test_all_and_owner_see_everything(users):
     bob = users.viewer_of("bob")
     assert bob.numbers is None and bob.may("+4670123") and not bob.owner
@@ -400,6 +406,17 @@ def test_unknown_user_does_the_same_work(users, verify):
 def test_dummy_hash_has_default_cost():
     parsed = parse_password_hash(users_module._DUMMY_HASH)
     assert (parsed.n, parsed.r, parsed.p, len(parsed.key)) == (2 ** 14, 8, 1, 32)
+
+
+@pytest.mark.parametrize("name,password,source", [
+    (None, ALICE_PASSWORD, "192.0.2.7"), ("alice", None, "192.0.2.7"),
+    (b"alice", ALICE_PASSWORD, "192.0.2.7"), ("alice", "x" * 100000, "not an address"),
+    ("a" * 10000, "x", None),
+])
+def test_odd_login_input_fails_quietly(settings, clock, name, password, source):
+    users = Users(settings.web, settings.phones, secret=SECRET, clock=clock,
+                  verify=lambda p, s: verify_password(p, s))
+    assert result_of(users.login(name, password, source)) is None
 
 
 def test_login_names_are_escaped_in_the_log(users, logged):
@@ -454,6 +471,19 @@ def test_ipv6_source_counts_by_64(users):
     for i in range(5):
         fail_times(users, f"other{i}", "::ffff:192.0.2.50", 1)
     assert result_of(users.login("alice", ALICE_PASSWORD, "192.0.2.50")) is None
+
+
+def test_throttled_attempts_are_logged_once_per_block(users, clock, logged):
+    fail_times(users, "alice", "192.0.2.1", 5)
+    del logged[:]
+    for _ in range(20):
+        assert result_of(users.login("alice", ALICE_PASSWORD, "192.0.2.1")) is None
+    assert sum("too many failed" in formatEvent(e) for e in logged) == 1
+    clock.advance(61)
+    fail_times(users, "alice", "192.0.2.1", 1)  # the next block
+    for _ in range(5):
+        result_of(users.login("alice", ALICE_PASSWORD, "192.0.2.1"))
+    assert sum("too many failed" in formatEvent(e) for e in logged) == 2
 
 
 def test_block_grows(users, clock, verify):
