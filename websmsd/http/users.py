@@ -216,6 +216,7 @@ class Users:
         """A Deferred firing with the session cookie's value when `password` is user
         `name`'s, else None (unknown user, wrong password, throttled).  Never fails."""
         from twisted.internet import defer
+        from twisted.python.failure import Failure
 
         now = self._now()
         self._forget(now)
@@ -248,7 +249,7 @@ class Users:
             for record in records:
                 record.pending -= 1
             ok = result is True and user is not None and self._users.get(name) == user
-            if isinstance(result, BaseException) or hasattr(result, "getTraceback"):
+            if isinstance(result, Failure):
                 self._log.failure("checking a web password failed", failure=result)
             later = self._now()
             if ok:
