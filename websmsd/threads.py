@@ -20,6 +20,7 @@ up first, so a page shows every message committed before it was asked for.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -27,11 +28,15 @@ from typing import (Any, Callable, Collection, Dict, Iterator, List, NamedTuple,
                     Sequence, Tuple)
 
 from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from websmsd.message import IN, Message
 from websmsd.numbers import number_key
 from websmsd.phones.notices import SOURCE as NOTICE
 from websmsd.store import _COLUMNS, _row_to_message
+
+log = Logger()
 
 __all__ = ["Entry", "Conversation", "OwnNumber", "Threads", "Results", "SearchPlan",
            "plan_search", "MARK", "MIN_SEARCH"]
@@ -112,12 +117,13 @@ def plan_search(text: str) -> SearchPlan:
     text = "".join(ch if ch >= " " and ch != "\x7f" else " " for ch in text)
     text = " ".join(text.split())[:MAX_SEARCH].strip()
     if not text:
-        return SearchPlan(None, None, "nothing to search for")
+        return SearchPlan(None, None, "Nothing to search for.")
     key = number_key(text)
     is_number = key.isdigit()
     if len(text) < MIN_SEARCH or (is_number and len(key) < MIN_SEARCH):
-        return SearchPlan(None, key, f"texts are searched from {MIN_SEARCH} characters on:"
-                                     " these are the conversations whose number starts so")
+        return SearchPlan(None, key, f"Text is searched from {MIN_SEARCH} characters on;"
+                                     " shown are the conversations whose number (or"
+                                     " sender name) starts so.")
     words = text.split(" ")
     if all(len(w) >= MIN_SEARCH for w in words):
         match = " AND ".join(_phrase(w) for w in words)
@@ -149,10 +155,10 @@ def _load(db: sqlite3.Connection,
         for row in db.execute(f"SELECT m.rowid, {_M} FROM messages m"
                               f" WHERE m.rowid IN ({marks})", chunk):
             messages[row[0]] = _row_to_message(row[1:])
-        for row in db.execute(f"SELECT c.entry_rowid, {_M} FROM thread_copies c"
-                              " JOIN messages m ON m.rowid = c.message_rowid"
-                              f" WHERE c.entry_rowid IN ({marks})"
-                              " ORDER BY c.entry_rowid, c.message_rowid", chunk):
+        for row in db.execute(f"SELECT cp.entry_rowid, {_M} FROM thread_copies cp"
+                              " JOIN messages m ON m.rowid = cp.message_rowid"
+                              f" WHERE cp.entry_rowid IN ({marks})"
+                              " ORDER BY cp.entry_rowid, cp.message_rowid", chunk):
             copies.setdefault(row[0], []).append(_row_to_message(row[1:]))
     out = {}
     for rowid, own_key, peer_key in keyed:
@@ -190,7 +196,11 @@ _UPSERT_CONVERSATION = (
 
 
 class Threads:
-    """Conversations over a websmsd.store.Store; every method returns a Deferred."""
+    """Conversations over a websmsd.store.Store; every method returns a Deferred.
+
+    One per store (it remembers how far the index is).  `chunk`: messages indexed per
+    writer operation (about 50 ms for 2000 on a desktop: a webhook committed in the
+    same transaction waits that long)."""
 
     def __init__(self, store: Any, clock: Callable[[], float] = time.time, chunk: int = 2000):
         if chunk < 1:
@@ -232,14 +242,15 @@ class Threads:
         self._running = False
         served = [d for c, d in self._waiting if c <= start]
         self._waiting = [(c, d) for c, d in self._waiting if c > start]
-        if self._waiting:
-            self._start()
-        failed = _is_failure(result)
         for d in served:
-            if failed:
+            if isinstance(result, Failure):
                 d.errback(result)
             else:
                 d.callback(result)
+        # Callers that came after more commits than this run saw: one run for them all
+        # (unless one of the callbacks above started it already).
+        if self._waiting and not self._running:
+            self._start()
 
     @defer.inlineCallbacks
     def _run(self, start: int) -> Any:
@@ -271,6 +282,10 @@ class Threads:
         # Fan-out copies share everything but id and route; the first copy's (rowid,
         # route) by that signature.
         firsts: Dict[tuple, Tuple[int, str]] = {}
+        # The copies of one SMS are stored by one Store.add, so their rowids follow each
+        # other: only the rows at the head of a step, before its first entry, can be
+        # copies of an entry of an earlier step (one index lookup each).
+        head = True
         indexed = 0
         for rowid, direction, recipient, sender, body, source, created, route in rows:
             if source == NOTICE:
@@ -281,11 +296,14 @@ class Threads:
             inbound = direction == IN
             if inbound:
                 signature = (own_key, peer_key, created, recipient, sender, body, source)
-                first = firsts.get(signature) or _earlier_copy(db, signature)
+                first = firsts.get(signature)
+                if first is None and head:
+                    first = _earlier_copy(db, signature)
                 if first is not None and first[1] != route:
                     copies.append((first[0], rowid))
                     continue
                 firsts[signature] = (rowid, route)
+            head = False
             entries.append((rowid, own_key, peer_key, direction, created))
             search.append((rowid, body, own_key, peer_key))
             pair = pairs.get((own_key, peer_key))
@@ -317,7 +335,11 @@ class Threads:
     # -- reads -----------------------------------------------------------------------
 
     def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> defer.Deferred:
-        return self.catch_up().addCallback(lambda _: self.store.reader.run(fn))
+        # A page that cannot bring the index up to date (the store failed a commit)
+        # still shows what is indexed, statuses current: better than no page.
+        d = self.catch_up()
+        d.addErrback(lambda f: log.failure("threads: catching up failed", f))
+        return d.addCallback(lambda _: self.store.reader.run(fn))
 
     def own_numbers(self, viewer: str,
                     owns: Optional[Collection[str]] = None) -> defer.Deferred:
@@ -395,12 +417,15 @@ class Threads:
                   upto: float) -> defer.Deferred:
         """`viewer` has read the conversation up to the entry created at `upto`; a mark
         never moves back (two tabs, a page loaded before another)."""
+        upto = float(upto)
+        if not math.isfinite(upto):
+            return defer.fail(ValueError(f"a read mark must be a time, not {upto}"))
 
         def mark_read(db: sqlite3.Connection) -> None:
             db.execute("INSERT INTO thread_reads (viewer, own, peer, read_upto)"
                        " VALUES (?, ?, ?, ?) ON CONFLICT (viewer, own, peer) DO UPDATE SET"
                        " read_upto = max(read_upto, excluded.read_upto)",
-                       (viewer, own_key, peer_key, float(upto)))
+                       (viewer, own_key, peer_key, upto))
 
         return self.store.write(mark_read)
 
@@ -444,12 +469,6 @@ class Threads:
             return out
 
         return self._read(search)
-
-
-def _is_failure(result: Any) -> bool:
-    from twisted.python.failure import Failure
-
-    return isinstance(result, Failure)
 
 
 def _top(db: sqlite3.Connection) -> Tuple[int, int]:

@@ -137,6 +137,7 @@ class _Failures:
     strikes: int = 0  # blocks so far
     blocked_until: float = 0.0
     pending: int = 0  # logins being verified now
+    told: float = -1.0  # the blocked_until the log has been told of
 
     def expires(self) -> float:
         return max(self.blocked_until, (self.times[-1] + WINDOW) if self.times else 0.0)
@@ -202,23 +203,35 @@ class Users:
             viewer = self._viewers[name] = Viewer(name, numbers, False)
         return viewer
 
+    def numbers_of(self, name: str) -> Tuple[str, ...]:
+        """User `name`'s own numbers as websms.conf writes them (`numbers`, then those of
+        their `phones`), e.g. for a send form's From choices; () for an unknown user or
+        one with `all = yes` (who has every number)."""
+        user = self._users.get(name)
+        return () if user is None or user.all else user_numbers(user, self._phones)
+
     # -- logging in ------------------------------------------------------------------------
 
     def login(self, name: str, password: str, source: str) -> Any:
         """A Deferred firing with the session cookie's value when `password` is user
         `name`'s, else None (unknown user, wrong password, throttled).  Never fails."""
         from twisted.internet import defer
+        from twisted.python.failure import Failure
 
         now = self._now()
         self._forget(now)
         name = name if isinstance(name, str) else ""
         keys = ["source " + _source_key(source), "user " + shorten(name, 64)]
         shown_name, shown_source = _shown(name), _shown(source)
-        records = [self._failures.get(key) for key in keys]
-        if any(r is not None and (r.blocked_until > now or (
-                r.pending and len(r.times) + r.pending >= FAILURES)) for r in records):
-            self._log.warn("web login refused for {user} from {source}: too many failed"
-                           " logins, try later", user=shown_name, source=shown_source)
+        blocked = [r for r in map(self._failures.get, keys) if r is not None and (
+            r.blocked_until > now or (r.pending and len(r.times) + r.pending >= FAILURES))]
+        if blocked:
+            # Once per block: a guessing script must not flood the log.
+            if any(r.told != r.blocked_until for r in blocked):
+                self._log.warn("web login refused for {user} from {source}: too many failed"
+                               " logins, try later", user=shown_name, source=shown_source)
+            for r in blocked:
+                r.told = r.blocked_until
             return defer.succeed(None)
         if self._pending >= MAX_PENDING:
             self._log.warn("web login refused for {user} from {source}: too many logins at"
@@ -236,7 +249,7 @@ class Users:
             for record in records:
                 record.pending -= 1
             ok = result is True and user is not None and self._users.get(name) == user
-            if isinstance(result, BaseException) or hasattr(result, "getTraceback"):
+            if isinstance(result, Failure):
                 self._log.failure("checking a web password failed", failure=result)
             later = self._now()
             if ok:
