@@ -69,7 +69,9 @@ def test_example_loads(hashes):
     assert alice == WebUser("alice", hashes["alice"], ("+12025550160", "+12025550183"),
                             ("john.doe", "desk"), False)
     assert bob == WebUser("bob", hashes["bob"], (), (), True)
-    assert not [w for w in settings.warnings if "[web]" in w or "alice" in w or "bob" in w]
+    # Nothing about the users themselves (only that the default listener is loopback's).
+    assert not [w for w in settings.warnings if ("[web]" in w or "alice" in w or "bob" in w)
+                and "cannot reach /login" not in w]
 
 
 def test_no_web_section_no_users():
@@ -779,3 +781,50 @@ def test_passwd_refuses_short_passwords(stdin):
 def test_passwd_refuses_bad_names(name):
     run = passwd([name, "--stdin"], "long enough\n")
     assert run.returncode == 2 and run.stdout == ""
+
+
+def test_a_new_secret_ends_the_sessions_signed_with_the_old_one():
+    from twisted.internet.task import Clock
+
+    from websmsd.config.phones import PhonesSettings
+    from websmsd.config.web import WebSettings, WebUser
+    from websmsd.http.users import COOKIE, Users
+
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    users = Users(WebSettings((WebUser("alice", "pw", numbers=("+12025550160",)),)),
+                  PhonesSettings(), secret=b"a" * 32, clock=clock,
+                  verify=lambda password, stored: password == stored)
+    cookies = []
+    users.login("alice", "pw", "192.0.2.1").addCallback(cookies.append)
+
+    class Request:
+        def getCookie(self, name):
+            return cookies[0].encode() if name == COOKIE.encode() else None
+
+        def getHeader(self, name):
+            return (COOKIE + "=" + cookies[0]).encode() if name.lower() == b"cookie" else None
+
+    assert users.session(Request()).name == "alice"
+    with pytest.raises(ValueError):
+        users.use_secret(b"short")
+    users.use_secret(b"b" * 32)
+    assert users.session(Request()) is None
+
+
+@pytest.mark.parametrize("listen, warned", [
+    ("", True), ('status_listen = "tcp:8480:interface=127.0.0.1"', True),
+    ('status_listen = "unix:/run/websmsd/status.sock"', True),
+    ('status_listen = "tcp6:8480:interface=\\:\\:1"', True),
+    ('status_listen = "tcp:8480"', False),
+    ('status_listen = "ssl:8443:interface=192.0.2.1:privateKey=/etc/ssl/k.pem"', False)])
+def test_users_on_a_loopback_only_listener_are_warned_about(listen, warned):
+    from websmsd.http.users import hash_password
+
+    text = (f"[websms]\nurl_host = http://127.0.0.1:9\n[daemon]\n{listen}\n"
+            f"status_user = admin\nstatus_password = secret-enough\n"
+            f"[web]\npassword [alice] = {hash_password('alice-pw-1', n=2 ** 12)}\n"
+            "numbers [alice] = +12025550160\n")
+    settings = loads(text, "websms.conf", environ={})
+    said = [w for w in settings.warnings if "cannot reach /login" in w]
+    assert bool(said) == warned, settings.warnings

@@ -137,7 +137,7 @@ def _keep_secret(store: Any, users: Any) -> Any:
         return fresh
 
     d = store.write(keep)
-    d.addCallback(lambda value: setattr(users, "_secret", bytes.fromhex(value)))
+    d.addCallback(lambda value: users.use_secret(bytes.fromhex(value)))
     d.addErrback(lambda f: log.failure("web sessions: the secret could not be kept; "
                                        "sessions end with this process", f))
     return d

@@ -136,6 +136,10 @@ def loads(
     route = _route.read(sections.get("route"), context, interfaces)
     phones = _phones.read(sections.get("phones"), context)
     web = _web.read(sections.get("web"), context, phones)
+    if web.users and all(_loopback_only(d) for d in daemon.status_listen):
+        context.warn(None, None, "[web] has users, but [daemon] status_listen listens on "
+                                 "loopback only: they cannot reach /login from the LAN (listen"
+                                 " on the LAN, preferably ssl:, or put a proxy in front)")
     _ami.check(sections, context)  # what needs [ami]: delivery = ami, notify
     if not path.startswith("<"):
         base = os.path.dirname(os.path.abspath(path))
@@ -153,6 +157,18 @@ def loads(
 NO_OUTBOUND = ("no interface configured for outbound SMS: every message from the PBX (FastAGI,"
                " websms, the API) fails; give [websms] a url_host (or configure a GSM gateway"
                " or a phone)")
+
+
+def _loopback_only(description: str) -> bool:
+    """Whether a listen endpoint serves this machine only (loopback, a UNIX socket)."""
+    parts = [p.replace("\0", ":") for p in description.replace("\\:", "\0").split(":")]
+    if parts[0] == "unix":
+        return True
+    for part in parts:
+        if part.startswith("interface="):
+            host = part[len("interface="):].strip("[]")
+            return host.startswith("127.") or host in ("localhost", "::1")
+    return False
 
 
 def _check_unique_names(sections: Mapping[str, Any], context: _Context) -> None:

@@ -444,12 +444,14 @@ class ConversationsResource:
         async def build() -> None:
             now = self.clock()
             entries: List[Any] = []
-            if len(query) < 3:
-                note = "type at least 3 characters of a number or a text"
+            if not query:
+                note = "search by a number or a text (3 characters or more)"
             else:
                 entries = await self.threads.search(viewer.name, query, self._owns(viewer), 50)
                 note = (f"{len(entries)} SMS found, newest first" if len(entries) < 50
                         else "the newest 50 SMS found")
+                if getattr(entries, "note", None):
+                    note = f"{note}: {entries.note}"
             content = self.pages.search(query, entries, now, root, note)
             _send(request, 200, self.pages.layout("SMS \u2013 search", root, viewer, content,
                                                   now, self.host))

@@ -173,6 +173,13 @@ class Users:
         self._revoked: Dict[str, float] = {}  # nonce -> when its session ends anyway
         self.update(web, phones)
 
+    def use_secret(self, secret: bytes) -> None:
+        """Sign sessions with `secret` from now on (the store's, once it is open): the
+        sessions signed with the one before end."""
+        if not isinstance(secret, bytes) or len(secret) < 16:
+            raise ValueError("the session secret must be at least 16 bytes")
+        self._secret = secret
+
     def update(self, web: WebSettings, phones: PhonesSettings) -> None:
         """New settings (a reloaded websms.conf): sessions of users that are gone, or
         whose password hash changed, end; throttling and logouts are kept."""
