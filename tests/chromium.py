@@ -155,6 +155,20 @@ class Browser:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(data["data"]))
 
+    def _events(self, method: str) -> List[dict]:
+        with self._lock:
+            return [e for e in self.events if e.get("method") == method]
+
+    def dialogs(self) -> List[dict]:
+        """The dialogs (alert, confirm...) a page opened: a script from a message would."""
+        return self._events("Page.javascriptDialogOpening")
+
+    def policy_errors(self) -> List[str]:
+        """What the page's Content-Security-Policy blocked (logged as errors)."""
+        return [e["params"]["entry"].get("text", "") for e in self._events("Log.entryAdded")
+                if e["params"]["entry"].get("level") == "error"
+                and "Content Security Policy" in e["params"]["entry"].get("text", "")]
+
     def close(self) -> None:
         try:
             self.call("Browser.close", timeout=5)
