@@ -107,7 +107,8 @@ def _conversations(top: Any, reactor: Any, settings: Settings, store: Any) -> Tu
     from websmsd.http.users import Users
     from websmsd.threads import Threads
 
-    threads = Threads(store, clock=reactor.seconds)
+    # Steps of 500 messages: a webhook committed with one waits ~20 ms more, not ~80.
+    threads = Threads(store, clock=reactor.seconds, chunk=500)
     catch_up = TimerService(60, _quietly, threads.catch_up, "conversation index")
     catch_up.setName("conversation index")
     catch_up.setServiceParent(top)
