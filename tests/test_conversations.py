@@ -329,3 +329,19 @@ def test_an_sms_to_a_number_two_phones_share_is_one_bubble_saying_where_it_went(
     c.store.update([(copies[1].id, {"status": SENT})])
     page = c.get("/conversations/12025550160/15017122661").text
     assert "handed to desk, alice<" in page
+
+
+def test_sms_to_a_phone_without_a_configured_number_is_under_its_channel(c):
+    from websmsd.message import Message
+
+    m = Message(IN, "callfile", "", PEER, "from the android phone", status=SENT,
+                source="smssync:phone1")
+    m.created = c.now - 5
+    c.store.add([m])
+    home = c.get("/conversations").text
+    assert 'href="./conversations/smssync%3Aphone1"' in home
+    assert ">smssync:phone1<" in home
+    page = c.get("/conversations/smssync%3Aphone1/15017122661")
+    assert page.status == 200 and "from the android phone" in page.text
+    assert "smssync:phone1 has no number in websms.conf" in page.text
+    assert "<textarea" not in page.text

@@ -144,6 +144,12 @@ def _ends(direction: str, recipient: str, sender: str) -> Tuple[str, str]:
     return (recipient, sender) if direction == IN else (sender, recipient)
 
 
+def _own_key(own: str, source: str, route: str) -> str:
+    """The key of the own number; for an SMS to a phone or SIM whose number is not
+    configured (stored to ""), the channel it came through ("smssync:phone1")."""
+    return number_key(own) or number_key(source or route or "unknown")
+
+
 def _load(db: sqlite3.Connection,
           keyed: Sequence[Tuple[int, str, str]]) -> Dict[int, Entry]:
     """{rowid: Entry} of `keyed` [(entry rowid, own key, peer key)]."""
@@ -165,6 +171,7 @@ def _load(db: sqlite3.Connection,
         m = messages.get(rowid)
         if m is not None:
             own, peer = _ends(m.direction, m.recipient, m.sender)
+            own = own or own_key  # a phone with no number: its channel
             out[rowid] = Entry(m, tuple(copies.get(rowid, ())), own, peer, own_key, peer_key)
     return out
 
@@ -292,7 +299,7 @@ class Threads:
                 continue
             indexed += 1
             own, peer = _ends(direction, recipient, sender)
-            own_key, peer_key = number_key(own), number_key(peer)
+            own_key, peer_key = _own_key(own, source, route), number_key(peer)
             inbound = direction == IN
             if inbound:
                 signature = (own_key, peer_key, created, recipient, sender, body, source)

@@ -350,7 +350,7 @@ class ConversationsResource:
                 await self._mark(viewer, own_key, peer_key, entries)
                 action = f"{root}conversations/{segment(own_key)}/{segment(peer_key)}/send"
                 reply = self.pages.reply_box(action, {}, None, body, error,
-                                             self._cannot_send(peer), f"Reply to {peer}")
+                                             self._cannot_send(peer, own), f"Reply to {peer}")
                 content = self.pages.thread(own, own_key, peer, peer_key, entries, now, root,
                                             viewer.owner, reply, older, v)
                 title = f"SMS \u2013 {peer}"
@@ -381,10 +381,13 @@ class ConversationsResource:
                                 '<input type="hidden" name="csrf"', 1))
 
     @staticmethod
-    def _cannot_send(peer: str) -> Optional[str]:
-        if _TO.fullmatch(peer.strip()):
-            return None
-        return f"{peer} is a sender name, not a number: SMS cannot be sent to it."
+    def _cannot_send(peer: str, own: str) -> Optional[str]:
+        if not _TO.fullmatch(own.strip()):
+            return (f"{own} has no number in websms.conf (number [name] = ... in its "
+                    "section): SMS cannot be sent from it here.")
+        if not _TO.fullmatch(peer.strip()):
+            return f"{peer} is a sender name, not a number: SMS cannot be sent to it."
+        return None
 
     def _shown_own(self, own_key: str, convs: Sequence[Any]) -> str:
         if own_key in self.configured:
