@@ -345,3 +345,19 @@ def test_sms_to_a_phone_without_a_configured_number_is_under_its_channel(c):
     assert page.status == 200 and "from the android phone" in page.text
     assert "smssync:phone1 has no number in websms.conf" in page.text
     assert "<textarea" not in page.text
+
+
+def test_a_long_conversation_pages_back_from_its_end(c, monkeypatch):
+    from websmsd.http import conversations
+
+    monkeypatch.setattr(conversations, "THREAD_LIMIT", 3)
+    for i in range(7):
+        c.inbound(body=f"sms number {i}", created=c.now - 100 + i)
+    page = c.get("/conversations/12025550160/15017122661").text
+    assert re.findall(r"sms number (\d)", page) == ["4", "5", "6"]
+    older = re.search(r'<p class="more"><a href="\?([^"]+)">older SMS</a>', page).group(1)
+    assert 'data-updates="../../conversations/12025550160/15017122661/updates"' in page
+    page = c.get("/conversations/12025550160/15017122661?" + older.replace("&amp;", "&")).text
+    assert re.findall(r"sms number (\d)", page) == ["1", "2", "3"]
+    # A page of older SMS is not live: its updates would be the newest.
+    assert 'data-updates=""' in page

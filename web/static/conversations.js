@@ -51,8 +51,9 @@
   // -- live updates: what the server says changed replaces the part marked
   // data-updates; the server answers 204 at no cost when nothing was committed. -----
   var live = document.querySelector("[data-updates]");
-  if (!live || !window.fetch) { return; }
-  var url = live.getAttribute("data-updates");
+  // An older page (paged back) is not live: its updates would be the newest SMS.
+  var url = live ? live.getAttribute("data-updates") : "";
+  if (!url || !window.fetch) { return; }
   var version = live.getAttribute("data-v") || "";
   var failures = 0;
   var thread = live.tagName === "OL";

@@ -338,7 +338,7 @@ class ConversationsResource:
                         if len(convs) >= LIST_LIMIT else None)
                 content = self.pages.number(own, own_key, convs, now, root, self._new_box(
                     root, [(own_key, self.sender_for(own_key, own))], own_key, error, body,
-                    to), more, v)
+                    to), more, v, live=before is None)
                 title = f"SMS \u2013 {own}"
             else:
                 own_key, peer_key = keys
@@ -352,7 +352,8 @@ class ConversationsResource:
                 reply = self.pages.reply_box(action, {}, None, body, error,
                                              self._cannot_send(peer, own), f"Reply to {peer}")
                 content = self.pages.thread(own, own_key, peer, peer_key, entries, now, root,
-                                            viewer.owner, reply, older, v)
+                                            viewer.owner, reply, older, v,
+                                            live=before is None)
                 title = f"SMS \u2013 {peer}"
             _send(request, status, self.pages.layout(title, root, viewer, content, now,
                                                      self.host))

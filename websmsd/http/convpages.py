@@ -203,24 +203,24 @@ class ConversationPages:
                         owns, now, root), new_box=new_box)
 
     def number(self, own: str, own_key: str, convs: Sequence[Any], now: float, root: str,
-               new_box: Safe, more: Optional[str], v: int) -> Safe:
+               new_box: Safe, more: Optional[str], v: int, live: bool = True) -> Safe:
         more_link = (fill('<p class="more"><a href="?$q">older conversations</a></p>',
                           q=more) if more else Safe(""))
         return fill(template("conversations-number.html"), root=root, own=own, v=v,
                     search=self.search_form(root, ""),
-                    updates=f"{root}conversations/{segment(own_key)}/updates",
+                    updates=f"{root}conversations/{segment(own_key)}/updates" if live else "",
                     conv_rows=self.conversation_rows(convs, now, root), more=more_link,
                     new_box=new_box)
 
     def thread(self, own: str, own_key: str, peer: str, peer_key: str, entries: Sequence[Any],
                now: float, root: str, owner: bool, reply: Safe, older: Optional[str],
-               v: int) -> Safe:
+               v: int, live: bool = True) -> Safe:
         older_link = (fill('<p class="more"><a href="?$q">older SMS</a></p>', q=older)
                       if older else Safe(""))
         return fill(template("conversations-thread.html"), root=root, own=own, v=v,
                     own_key=segment(own_key), peer=peer, older=older_link,
-                    updates=f"{root}conversations/{segment(own_key)}/{segment(peer_key)}"
-                            "/updates",
+                    updates=(f"{root}conversations/{segment(own_key)}/{segment(peer_key)}"
+                             "/updates") if live else "",
                     entry_rows=self.entry_rows(entries, now, root, owner), reply=reply)
 
     def search(self, query: str, entries: Sequence[Any], now: float, root: str,
