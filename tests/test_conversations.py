@@ -361,3 +361,18 @@ def test_a_long_conversation_pages_back_from_its_end(c, monkeypatch):
     assert re.findall(r"sms number (\d)", page) == ["1", "2", "3"]
     # A page of older SMS is not live: its updates would be the newest.
     assert 'data-updates=""' in page
+
+
+def test_a_store_that_cannot_answer_gives_a_page_that_says_so(c):
+    def broken(*args, **kw):
+        return defer.fail(RuntimeError("disk I/O error"))
+
+    c.threads.own_numbers = broken
+    r = c.get("/conversations")
+    assert r.status == 503 and "the store could not answer" in r.text
+    c.users.login = broken
+    page = c.get("/login", host=LAN, peer=REMOTE).text
+    token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    r = c.post_form("/login", {"csrf": token, "user": "alice", "password": "x"},
+                    host=LAN, peer=REMOTE)
+    assert r.status == 503 and r.header("set-cookie") is None

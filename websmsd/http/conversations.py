@@ -185,16 +185,9 @@ class ConversationsResource:
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", _HTML)
         root = root_of(request.path)
-        content = self.pages_error(reason, root)
+        content = self.pages.error(reason, root)
         return self.pages.layout(f"SMS \u2013 {status}", root, viewer, content, self.clock(),
                                  self.host)
-
-    @staticmethod
-    def pages_error(reason: str, root: str) -> Safe:
-        from websmsd.http.pages import fill
-
-        return fill('<p class="error">$reason</p><p><a href="${root}conversations">'
-                    "all numbers</a></p>", reason=reason, root=root)
 
     def _failed(self, failure: Any, request: Any, viewer: Any) -> None:
         log.failure("conversation page failed", failure)

@@ -106,7 +106,9 @@ class ConversationPages:
 
     def layout(self, title: str, root: str, viewer: Any, content: Safe, now: float,
                host: str = "") -> bytes:
-        if viewer.owner:
+        if viewer is None:
+            nav = Safe("")
+        elif viewer.owner:
             nav = fill('<a href="${root}">status</a>', root=root)
         else:
             nav = fill('<span class="who">$name</span> <form method="post" '
@@ -116,6 +118,10 @@ class ConversationPages:
                        token=self.csrf.token(self.csrf.nonce(), "logout", ""))
         return fill(template("conversations-layout.html"), title=title, root=root,
                     host=host, nav=nav, content=content, now=_when(now, now)).encode("utf-8")
+
+    def error(self, reason: str, root: str) -> Safe:
+        return fill('<p class="error">$reason</p><p><a href="${root}conversations">'
+                    "all numbers</a></p>", reason=reason, root=root)
 
     # -- the list of own numbers and of conversations
 
