@@ -13,6 +13,8 @@ The store knows nothing of HTTP, SMPP or Asterisk.
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import os
 import queue
 import sqlite3
@@ -66,10 +68,14 @@ def _message_row(m: Message) -> tuple:
     return tuple(row)
 
 
+@functools.lru_cache(maxsize=_ROWS_PER_INSERT)
 def _insert_sql(n: int) -> str:
+    # No ON CONFLICT: copies are found by _insert_all's SELECT first (one writer, one
+    # transaction), so a conflict here is a bug, and a row must never be skipped
+    # silently while its sender is told it was stored.
     row = "(" + ", ".join("?" * len(_COLUMNS)) + ")"
     return ("INSERT INTO messages (" + ", ".join(_COLUMNS) + ") VALUES "
-            + ", ".join([row] * n) + " ON CONFLICT (dedupe_key) DO NOTHING")
+            + ", ".join([row] * n))
 
 
 class _Insert:
@@ -119,7 +125,7 @@ def _insert_all(db: sqlite3.Connection, inserts: Sequence[_Insert]) -> List[List
         results.append(out)
     for start in range(0, len(fresh), _ROWS_PER_INSERT):
         chunk = fresh[start:start + _ROWS_PER_INSERT]
-        db.execute(_insert_sql(len(chunk)), [value for row in chunk for value in row])
+        db.execute(_insert_sql(len(chunk)), list(itertools.chain.from_iterable(chunk)))
     for ins in inserts:
         if ins.state is not None:
             db.execute(_STATE, (ins.state[0], ins.state[1], ins.now))
@@ -137,7 +143,7 @@ def _one_statement(job: tuple) -> Optional[Tuple[str, list]]:
         rows += ins.rows
     if not rows or len(rows) > _ROWS_PER_INSERT or any(r[_DEDUPE] is not None for r in rows):
         return None
-    return _insert_sql(len(rows)), [value for row in rows for value in row]
+    return _insert_sql(len(rows)), list(itertools.chain.from_iterable(rows))
 
 
 def _runs_of_inserts(batch: list) -> list:

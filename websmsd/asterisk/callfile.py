@@ -445,7 +445,6 @@ def _os_error(e: OSError, what: str, path: str) -> OSError:
 _FSYNC_GROUP = 128
 
 
-
 class CallFileSpool:
     """Writes call files into Asterisk's spool: staging, then an atomic rename.
 
