@@ -106,6 +106,7 @@ def cleanup(path: Path, keep: bool) -> None:
 
 
 def rss_mb(pid: int) -> Optional[float]:
+    """VmRSS of one process, MB."""
     try:
         for line in open(f"/proc/{pid}/status"):
             if line.startswith("VmRSS:"):
@@ -115,16 +116,77 @@ def rss_mb(pid: int) -> Optional[float]:
     return None
 
 
+def process_tree(pid: int) -> List[int]:
+    """`pid` and every process descending from it (a server's workers or helpers)."""
+    children: Dict[int, List[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, ()))
+    return tree
+
+
+def rss_tree(pid: int) -> List[tuple]:
+    """[(pid, name, MB)] of `pid` and its descendants."""
+    out = []
+    for p in process_tree(pid):
+        mb = rss_mb(p)
+        if mb is None:
+            continue
+        try:
+            name = open(f"/proc/{p}/comm").read().strip()
+        except OSError:
+            name = "?"
+        out.append((p, name, mb))
+    return out
+
+
+def rss_total(pid: int) -> Optional[float]:
+    """RSS of `pid` and its descendants together, MB (every process counts)."""
+    tree = rss_tree(pid)
+    return sum(mb for _, _, mb in tree) if tree else None
+
+
+def rss_text(pid: int) -> str:
+    tree = rss_tree(pid)
+    if len(tree) == 1:
+        return f"{tree[0][2]:.1f} MB (one process)"
+    return (f"{sum(mb for _, _, mb in tree):.1f} MB in {len(tree)} processes ("
+            + ", ".join(f"{name} {mb:.1f}" for _, name, mb in tree) + ")")
+
+
 def cpu_seconds(pid: int) -> Dict[str, float]:
-    """CPU seconds (user+system) of the process: all threads, its main thread, the rest."""
-    def ticks(stat_path: str) -> float:
+    """CPU seconds (user+system) of the process and its descendants: all threads of all
+    of them, the first process's main thread, the rest.  (Children that exited and were
+    waited for count in their parent's cutime/cstime, added too.)"""
+    def fields_of(stat_path: str) -> List[str]:
         with open(stat_path) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+            return f.read().rsplit(")", 1)[1].split()
+
+    def ticks(fields: List[str], children: bool = False) -> float:
+        t = int(fields[11]) + int(fields[12])  # utime, stime
+        if children:
+            t += int(fields[13]) + int(fields[14])  # cutime, cstime
+        return t / CLK_TCK
 
     try:
-        total = ticks(f"/proc/{pid}/stat")
-        main = ticks(f"/proc/{pid}/task/{pid}/stat")
+        main = ticks(fields_of(f"/proc/{pid}/task/{pid}/stat"))
+        total = 0.0
+        for p in process_tree(pid):
+            try:
+                total += ticks(fields_of(f"/proc/{p}/stat"), children=True)
+            except OSError:
+                continue  # exited meanwhile
     except OSError:
         return {"total": 0.0, "main": 0.0, "threads": 0.0}
     return {"total": total, "main": main, "threads": max(0.0, total - main)}
@@ -351,6 +413,9 @@ def verify(directory: Path, acked: Iterable[str]) -> dict:
         "files": files,
         "missing": len(acked_set - tokens.keys()),  # acknowledged, no call file: LOST
         "duplicated": sum(1 for t in acked_set if tokens.get(t, 0) > 1),
+        # Of any message, acknowledged or not: a commit whose answer was lost (a kill)
+        # may leave a call file, but never two.
+        "duplicated_any": sum(1 for t, n in tokens.items() if n > 1),
         "unacked_files": sum(1 for t in tokens if t not in acked_set),
         "latest_ctime": latest,
     }
@@ -359,8 +424,11 @@ def verify(directory: Path, acked: Iterable[str]) -> dict:
 def verify_line(v: dict) -> str:
     verdict = "nothing lost, nothing duplicated" if (
         v["missing"] == 0 and v["duplicated"] == 0 and v["acked"] == v["acked_unique"]
+        and not v.get("duplicated_any")
     ) else "LOST OR DUPLICATED MESSAGES"
     extra = f", {v['unacked_files']} call files for unacknowledged requests" if v[
         "unacked_files"] else ""
+    if v.get("duplicated_any", 0) > v["duplicated"]:
+        extra += f", {v['duplicated_any'] - v['duplicated']} unacknowledged ones doubled"
     return (f"{v['acked']} acknowledged (200), {v['files']} call files; "
             f"missing {v['missing']}, duplicated {v['duplicated']}{extra}: {verdict}")

@@ -228,8 +228,6 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
     from websmsd.http.board import ChannelBoard
     from websmsd.http.model import StatusModel
     from websmsd.http.site import WebhookRoot, make_site
-    from websmsd.itsp.client import ITSPClient
-    from websmsd.itsp.sink import KIND as ITSP, ITSPSink
     from websmsd.itsp.webhook import WebhookResource
     from websmsd.metrics import Metrics
     from websmsd.outbox import Outbox
@@ -261,15 +259,21 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
         calls.dispatcher = dispatcher
         ResultWatch(calls).setServiceParent(top)
 
-    # From the PBX: one route per interface.
-    client = ITSPClient(reactor, timeout=d.http_timeout)
-    _OnStop("itsp client", client.close).setServiceParent(top)
+    # From the PBX: one route per interface (the HTTP client's modules only when there
+    # is one: a Raspberry Pi's memory).
     itsp_routes = []
-    for iface in settings.outbound.interfaces:
-        sink = ITSPSink(iface, client, metrics)
-        dispatcher.add_route(sink.route, sink)
-        board.register(sink.status, sink.route)
-        itsp_routes.append(sink.route)
+    itsp_kind = None
+    if settings.outbound.interfaces:
+        from websmsd.itsp.client import ITSPClient
+        from websmsd.itsp.sink import KIND as itsp_kind, ITSPSink
+
+        client = ITSPClient(reactor, timeout=d.http_timeout)
+        _OnStop("itsp client", client.close).setServiceParent(top)
+        for iface in settings.outbound.interfaces:
+            sink = ITSPSink(iface, client, metrics)
+            dispatcher.add_route(sink.route, sink)
+            board.register(sink.status, sink.route)
+            itsp_routes.append(sink.route)
     router = router_for(settings, inbound_route=CALLFILE_ROUTE)
     outbox = Outbox(store, dispatcher, router, reactor, wait=d.agi_wait,
                     phone_numbers=settings.phones.numbers())
@@ -295,7 +299,7 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
     def report(provider_id: str, status: str, detail: Any, interface: str = "") -> Any:
         # A report about a message sent through the [websms] interface of that name; a
         # webhook interface with no such twin may speak for any ITSP interface.
-        own = route_name(ITSP, interface)
+        own = route_name(itsp_kind, interface) if itsp_kind else None
         return store.report(provider_id, [own] if own in itsp_routes else itsp_routes,
                             status, detail)
 

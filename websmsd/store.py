@@ -13,6 +13,8 @@ The store knows nothing of HTTP, SMPP or Asterisk.
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import os
 import queue
 import sqlite3
@@ -33,10 +35,6 @@ _COLUMNS = (
     "dedupe_key", "progress", "fallback",
 )
 _SELECT = "SELECT " + ", ".join(_COLUMNS) + " FROM messages"
-_INSERT = (
-    "INSERT INTO messages (" + ", ".join(_COLUMNS) + ") VALUES ("
-    + ", ".join("?" * len(_COLUMNS)) + ") ON CONFLICT (dedupe_key) DO NOTHING"
-)
 # Columns a caller may change with update(); anything else is a programming error.
 _UPDATABLE = frozenset(
     {"status", "reason", "attempts", "next_attempt", "provider_id", "progress", "body",
@@ -49,6 +47,13 @@ _REPORT_RANK = {QUEUED: 0, SENDING: 1, SENT: 2, DELIVERED: 3, FAILED: 3}
 
 
 _FALLBACK = _COLUMNS.index("fallback")
+_DEDUPE = _COLUMNS.index("dedupe_key")
+# Rows per INSERT statement: 17 values each stays under SQLite's oldest limit of 999
+# variables per statement.
+_ROWS_PER_INSERT = 50
+_STATE = ("INSERT INTO channel_state (name, value, updated) VALUES (?, ?, ?)"
+          " ON CONFLICT (name) DO UPDATE SET value = excluded.value,"
+          " updated = excluded.updated")
 
 
 def _row_to_message(row: Sequence[Any]) -> Message:
@@ -61,6 +66,102 @@ def _message_row(m: Message) -> tuple:
     row = [getattr(m, c) for c in _COLUMNS]
     row[_FALLBACK] = ",".join(m.fallback)
     return tuple(row)
+
+
+@functools.lru_cache(maxsize=_ROWS_PER_INSERT)
+def _insert_sql(n: int) -> str:
+    # No ON CONFLICT: copies are found by _insert_all's SELECT first (one writer, one
+    # transaction), so a conflict here is a bug, and a row must never be skipped
+    # silently while its sender is told it was stored.
+    row = "(" + ", ".join("?" * len(_COLUMNS)) + ")"
+    return ("INSERT INTO messages (" + ", ".join(_COLUMNS) + ") VALUES "
+            + ", ".join([row] * n))
+
+
+class _Insert:
+    """The rows of one `Store.add`: the writer stores those of a whole batch together
+    (`_insert_all`).  Called alone, it stores its own."""
+
+    __slots__ = ("rows", "state", "now")
+
+    def __init__(self, rows: List[tuple], state: Optional[Tuple[str, str]], now: float):
+        self.rows = rows
+        self.state = state
+        self.now = now
+
+    def __call__(self, db: sqlite3.Connection) -> List[bool]:
+        return _insert_all(db, [self])[0]
+
+
+def _insert_all(db: sqlite3.Connection, inserts: Sequence[_Insert]) -> List[List[bool]]:
+    """Store the rows of several `add` calls in as few statements as possible; for each
+    call, one bool per row: True if new, False if its dedupe_key was stored already (or
+    earlier in these calls).
+
+    Every statement gives up the GIL while SQLite works and must then take it back from
+    the reactor thread, which is busy answering webhooks: with one INSERT per message
+    that wait, not SQLite, was most of a group commit's time.
+    """
+    keys = [row[_DEDUPE] for ins in inserts for row in ins.rows if row[_DEDUPE] is not None]
+    seen = set()
+    for start in range(0, len(keys), 500):
+        chunk = keys[start:start + 500]
+        seen.update(r[0] for r in db.execute(
+            "SELECT dedupe_key FROM messages WHERE dedupe_key IN ("
+            + ", ".join("?" * len(chunk)) + ")", chunk))
+    results: List[List[bool]] = []
+    fresh: List[tuple] = []
+    for ins in inserts:
+        out = []
+        for row in ins.rows:
+            key = row[_DEDUPE]
+            if key is not None:
+                if key in seen:
+                    out.append(False)
+                    continue
+                seen.add(key)
+            out.append(True)
+            fresh.append(row)
+        results.append(out)
+    for start in range(0, len(fresh), _ROWS_PER_INSERT):
+        chunk = fresh[start:start + _ROWS_PER_INSERT]
+        db.execute(_insert_sql(len(chunk)), list(itertools.chain.from_iterable(chunk)))
+    for ins in inserts:
+        if ins.state is not None:
+            db.execute(_STATE, (ins.state[0], ins.state[1], ins.now))
+    return results
+
+
+def _one_statement(job: tuple) -> Optional[Tuple[str, list]]:
+    """(sql, values) when `job` (an `add`, or a run of them) is one INSERT of rows that
+    cannot be copies of stored ones (no dedupe_key) and keeps no channel state."""
+    inserts = [j[0] for j in job[0]] if type(job[0]) is list else [job[0]]
+    rows = []
+    for ins in inserts:
+        if type(ins) is not _Insert or ins.state is not None:
+            return None
+        rows += ins.rows
+    if not rows or len(rows) > _ROWS_PER_INSERT or any(r[_DEDUPE] is not None for r in rows):
+        return None
+    return _insert_sql(len(rows)), list(itertools.chain.from_iterable(rows))
+
+
+def _runs_of_inserts(batch: list) -> list:
+    """The batch with each run of consecutive `add` jobs made one job whose fn is the
+    list of them (same order of execution and of answers)."""
+    out: list = []
+    run: list = []
+    for job in batch:
+        if type(job[0]) is _Insert:
+            run.append(job)
+            continue
+        if run:
+            out.append((run, None, None) if len(run) > 1 else run[0])
+            run = []
+        out.append(job)
+    if run:
+        out.append((run, None, None) if len(run) > 1 else run[0])
+    return out
 
 
 def _column_value(name: str, value: Any) -> Any:
@@ -265,13 +366,34 @@ class Store:
     @staticmethod
     def _transaction(db: sqlite3.Connection, batch: list, isolate: bool) -> list:
         results = []
+        if not isolate:
+            batch = _runs_of_inserts(batch)
+            if len(batch) == 1:
+                alone = _one_statement(batch[0])
+                if alone is not None:
+                    # New messages only, one INSERT: SQLite's own transaction around
+                    # it commits (and fsyncs) in that one step, without BEGIN and
+                    # COMMIT, two more waits for the GIL.
+                    try:
+                        db.execute(*alone)
+                    except Exception as e:
+                        raise _OperationFailed() from e
+                    fn, d, routes = batch[0]
+                    jobs = fn if type(fn) is list else [batch[0]]
+                    return [(job[1], True, [True] * len(job[0].rows), job[2]) for job in jobs]
         db.execute("BEGIN IMMEDIATE")
         for fn, d, routes in batch:
             if not isolate:
                 try:
-                    results.append((d, True, fn(db), routes))
+                    if type(fn) is list:  # several add() calls in a row, stored together
+                        stored = _insert_all(db, [job[0] for job in fn])
+                        results += [(job[1], True, value, job[2])
+                                    for job, value in zip(fn, stored)]
+                    else:
+                        results.append((d, True, fn(db), routes))
                 except Exception as e:
-                    db.execute("ROLLBACK")
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
                     raise _OperationFailed() from e
                 continue
             db.execute("SAVEPOINT op")
@@ -318,18 +440,7 @@ class Store:
         for m in messages:
             m.updated = now
             rows.append(_message_row(m))
-
-        def add(db: sqlite3.Connection) -> List[bool]:
-            out = []
-            for row in rows:
-                cur = db.execute(_INSERT, row)
-                out.append(cur.rowcount == 1)
-            if state is not None:
-                db.execute("INSERT INTO channel_state (name, value, updated) VALUES (?, ?, ?)"
-                           " ON CONFLICT (name) DO UPDATE SET value = excluded.value,"
-                           " updated = excluded.updated", (state[0], state[1], now))
-            return out
-
+        add = _Insert(rows, state, now)
         d = self._submit(add, {m.route for m in messages})
         return d.addCallback(self._added, messages)
 

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import grp
 import os
 import pwd
@@ -200,12 +201,11 @@ def _is_set(value: Optional[object]) -> bool:
     return value is not None and str(value) != ""
 
 
-def _head_lines(q: AstQueueSettings, to: str, from_: str) -> List[str]:
-    check_recipient(to)
-    check_sender(from_)
-    lines = [
-        f"Channel: Local/{to}@{_config('channel_context', q.channel_context)}",
-        f'CallerID: "" <{from_}>',
+def _static_lines(q: AstQueueSettings) -> Tuple[str, List[str], List[str], str]:
+    """The [astqueue] parts of every call file, checked: (channel_context, the lines
+    between CallerID and Extension, Priority and Archive, the MESSAGE_ENCODE line)."""
+    context = _config("channel_context", q.channel_context)
+    middle = [
         f"WaitTime: {_config('waittime', q.waittime)}",
         f"MaxRetries: {_config('maxretries', q.maxretries)}",
         f"RetryTime: {_config('retrytime', q.retrytime)}",
@@ -216,20 +216,48 @@ def _head_lines(q: AstQueueSettings, to: str, from_: str) -> List[str]:
         ("Data", "data", q.data),
     ):
         if _is_set(value):
-            lines.append(f"{key}: {_config(name, value)}")
-    lines += [
-        f"Context: {_config('context', q.context)}",
-        f"Extension: {to}",
+            middle.append(f"{key}: {_config(name, value)}")
+    middle.append(f"Context: {_config('context', q.context)}")
+    after = [
         f"Priority: {_config('priority', q.priority)}",
         f"Archive: {_config('archive', q.archive)}",
+    ]
+    tail = f"setvar: MESSAGE_ENCODE={_config('message_encode', q.message_encode)}"
+    return context, middle, after, tail
+
+
+@functools.lru_cache(maxsize=16)
+def _static_cached(q: AstQueueSettings) -> Tuple[str, List[str], List[str], str]:
+    return _static_lines(q)
+
+
+def _static(q: AstQueueSettings) -> Tuple[str, List[str], List[str], str]:
+    # Checked once per settings (a frozen dataclass) rather than character by character
+    # for every call file: a round hands over hundreds.
+    try:
+        hash(q)
+    except TypeError:
+        return _static_lines(q)
+    return _static_cached(q)
+
+
+def _head_lines(q: AstQueueSettings, to: str, from_: str) -> List[str]:
+    check_recipient(to)
+    check_sender(from_)
+    context, middle, after, _ = _static(q)
+    return [
+        f"Channel: Local/{to}@{context}",
+        f'CallerID: "" <{from_}>',
+        *middle,
+        f"Extension: {to}",
+        *after,
         f"setvar: MESSAGE(to)={to}",
         f"setvar: MESSAGE(from)={from_}",
     ]
-    return lines
 
 
 def _tail_line(q: AstQueueSettings) -> str:
-    return f"setvar: MESSAGE_ENCODE={_config('message_encode', q.message_encode)}"
+    return _static(q)[3]
 
 
 def _check_length(line: bytes) -> None:

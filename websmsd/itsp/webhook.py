@@ -30,7 +30,6 @@ from websmsd.http.site import answer as _answer
 from websmsd.http.site import body_of as _body_of
 from websmsd.http.site import finish as _finish
 from websmsd.http.site import gone as _gone
-from websmsd.itsp import signatures
 from websmsd.itsp.body import (FieldError, PhpArray, expand_json_strings, has_fields,
                                parse_body, parse_form, php_insert)
 from websmsd.itsp.inbound import (MESSAGE, REPORT, Ignored, Report, classify, events_of,
@@ -459,6 +458,9 @@ class WebhookResource(Resource):
     def _check_signature(self, request, iface, body: bytes):
         """What the request's signature covers (signatures.Signed), or why it is refused
         (a str)."""
+        # Imported by the first signed request: most installations check none.
+        from websmsd.itsp import signatures
+
         headers = {
             name.decode("latin-1").lower(): values[0].decode("latin-1")
             for name, values in request.requestHeaders.getAllRawHeaders()
