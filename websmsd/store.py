@@ -29,12 +29,14 @@ from websmsd.message import CANCELLED, DELIVERED, FAILED, IN, QUEUED, SENDING, S
 
 log = Logger()
 
-_COLUMNS = (
+# The columns of a message row, in the order row_to_message reads them (also for
+# modules with tables of their own that join messages: websmsd.threads).
+COLUMNS = (
     "id", "direction", "route", "source", "recipient", "sender", "body", "status",
     "reason", "attempts", "created", "updated", "next_attempt", "provider_id",
     "dedupe_key", "progress", "fallback",
 )
-_SELECT = "SELECT " + ", ".join(_COLUMNS) + " FROM messages"
+_SELECT = "SELECT " + ", ".join(COLUMNS) + " FROM messages"
 # Columns a caller may change with update(); anything else is a programming error.
 _UPDATABLE = frozenset(
     {"status", "reason", "attempts", "next_attempt", "provider_id", "progress", "body",
@@ -46,8 +48,8 @@ _MAX_BATCH = 1000
 _REPORT_RANK = {QUEUED: 0, SENDING: 1, SENT: 2, DELIVERED: 3, FAILED: 3}
 
 
-_FALLBACK = _COLUMNS.index("fallback")
-_DEDUPE = _COLUMNS.index("dedupe_key")
+_FALLBACK = COLUMNS.index("fallback")
+_DEDUPE = COLUMNS.index("dedupe_key")
 # Rows per INSERT statement: 17 values each stays under SQLite's oldest limit of 999
 # variables per statement.
 _ROWS_PER_INSERT = 50
@@ -56,14 +58,14 @@ _STATE = ("INSERT INTO channel_state (name, value, updated) VALUES (?, ?, ?)"
           " updated = excluded.updated")
 
 
-def _row_to_message(row: Sequence[Any]) -> Message:
-    values = dict(zip(_COLUMNS, row))
+def row_to_message(row: Sequence[Any]) -> Message:
+    values = dict(zip(COLUMNS, row))
     values["fallback"] = tuple(values["fallback"].split(",")) if values["fallback"] else ()
     return Message(**values)
 
 
 def _message_row(m: Message) -> tuple:
-    row = [getattr(m, c) for c in _COLUMNS]
+    row = [getattr(m, c) for c in COLUMNS]
     row[_FALLBACK] = ",".join(m.fallback)
     return tuple(row)
 
@@ -73,8 +75,8 @@ def _insert_sql(n: int) -> str:
     # No ON CONFLICT: copies are found by _insert_all's SELECT first (one writer, one
     # transaction), so a conflict here is a bug, and a row must never be skipped
     # silently while its sender is told it was stored.
-    row = "(" + ", ".join("?" * len(_COLUMNS)) + ")"
-    return ("INSERT INTO messages (" + ", ".join(_COLUMNS) + ") VALUES "
+    row = "(" + ", ".join("?" * len(COLUMNS)) + ")"
+    return ("INSERT INTO messages (" + ", ".join(COLUMNS) + ") VALUES "
             + ", ".join([row] * n))
 
 
@@ -630,7 +632,7 @@ class Store:
                 " AND next_attempt <= ? ORDER BY created, id LIMIT ?",
                 (route, now, limit + len(exclude)),
             ).fetchall()
-            found = [_row_to_message(r) for r in rows if r[0] not in exclude]
+            found = [row_to_message(r) for r in rows if r[0] not in exclude]
             return found[:limit]
 
         return self._submit(due)
@@ -653,7 +655,7 @@ class Store:
     def get(self, message_id: str) -> defer.Deferred:
         def get(db: sqlite3.Connection) -> Optional[Message]:
             row = db.execute(_SELECT + " WHERE id = ?", (message_id,)).fetchone()
-            return _row_to_message(row) if row else None
+            return row_to_message(row) if row else None
 
         return self._submit(get)
 
@@ -726,7 +728,7 @@ class StoreReader:
     def get(self, message_id: str) -> defer.Deferred:
         def get(db: sqlite3.Connection) -> Optional[Message]:
             row = db.execute(_SELECT + " WHERE id = ?", (message_id,)).fetchone()
-            return _row_to_message(row) if row else None
+            return row_to_message(row) if row else None
 
         return self._run(get)
 
@@ -743,7 +745,7 @@ class StoreReader:
                 args += [pattern, pattern]
             sql += " ORDER BY created DESC, id DESC LIMIT ?"
             args.append(limit)
-            return [_row_to_message(r) for r in db.execute(sql, args).fetchall()]
+            return [row_to_message(r) for r in db.execute(sql, args).fetchall()]
 
         return self._run(recent)
 
@@ -811,7 +813,7 @@ def _final_rows(db: sqlite3.Connection, ids: Sequence[str]) -> List[Message]:
     out: List[Message] = []
     for start in range(0, len(ids), 500):
         chunk = list(ids[start:start + 500])
-        out += [_row_to_message(r) for r in db.execute(
+        out += [row_to_message(r) for r in db.execute(
             _SELECT + " WHERE id IN (" + ", ".join("?" * len(chunk)) + ")"
             " AND direction = 'out' AND status IN (?, ?)", (*chunk, DELIVERED, FAILED))]
     return out

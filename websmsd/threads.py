@@ -34,7 +34,7 @@ from twisted.python.failure import Failure
 from websmsd.message import IN, Message
 from websmsd.numbers import number_key
 from websmsd.phones.notices import SOURCE as NOTICE
-from websmsd.store import _COLUMNS, _row_to_message
+from websmsd.store import COLUMNS, row_to_message
 
 log = Logger()
 
@@ -49,7 +49,7 @@ MIN_SEARCH = 3
 # long phrase only gets slower, not better).
 MAX_SEARCH = 200
 
-_M = ", ".join("m." + c for c in _COLUMNS)
+_M = ", ".join("m." + c for c in COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -160,12 +160,12 @@ def _load(db: sqlite3.Connection,
         marks = ", ".join("?" * len(chunk))
         for row in db.execute(f"SELECT m.rowid, {_M} FROM messages m"
                               f" WHERE m.rowid IN ({marks})", chunk):
-            messages[row[0]] = _row_to_message(row[1:])
+            messages[row[0]] = row_to_message(row[1:])
         for row in db.execute(f"SELECT cp.entry_rowid, {_M} FROM thread_copies cp"
                               " JOIN messages m ON m.rowid = cp.message_rowid"
                               f" WHERE cp.entry_rowid IN ({marks})"
                               " ORDER BY cp.entry_rowid, cp.message_rowid", chunk):
-            copies.setdefault(row[0], []).append(_row_to_message(row[1:]))
+            copies.setdefault(row[0], []).append(row_to_message(row[1:]))
     out = {}
     for rowid, own_key, peer_key in keyed:
         m = messages.get(rowid)
