@@ -321,3 +321,8 @@ def test_a_user_never_sees_nor_sends_from_a_number_not_theirs(make_daemon, fake_
     assert status == 303 and "max-age=0" in headers["set-cookie"].lower()
     bob.cookie = cookie
     assert bob.request("GET", "/conversations")[0] == 303
+    # ...and after a restart as well.
+    d.stop()
+    d.start()
+    bob.port = d.status_port
+    assert bob.request("GET", "/conversations")[0] == 303

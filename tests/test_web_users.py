@@ -828,3 +828,35 @@ def test_users_on_a_loopback_only_listener_are_warned_about(listen, warned):
     settings = loads(text, "websms.conf", environ={})
     said = [w for w in settings.warnings if "cannot reach /login" in w]
     assert bool(said) == warned, settings.warnings
+
+
+def test_sessions_signed_out_before_a_restart_stay_ended():
+    from twisted.internet.task import Clock
+
+    from websmsd.config.phones import PhonesSettings
+    from websmsd.config.web import WebSettings, WebUser
+    from websmsd.http.users import COOKIE, Users
+
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    web = WebSettings((WebUser("alice", "pw", numbers=("+12025550160",)),))
+
+    def make():
+        return Users(web, PhonesSettings(), secret=b"a" * 32, clock=clock,
+                     verify=lambda password, stored: password == stored)
+
+    users = make()
+    cookies = []
+    users.login("alice", "pw", "192.0.2.1").addCallback(cookies.append)
+
+    class Request:
+        def getCookie(self, name):
+            return cookies[0].encode() if name == COOKIE.encode() else None
+
+    ended = users.logout(Request())
+    assert ended is not None and ended[1] == clock.seconds() + web.session
+    assert users.logout(Request()) is None  # already ended
+    again = make()  # a restart: the same secret from the store
+    assert again.session(Request()).name == "alice"
+    again.revoked([ended, ("not a nonce!", ended[1]), ("x" * 22, clock.seconds() - 1)])
+    assert again.session(Request()) is None

@@ -51,6 +51,8 @@ def _safe_next(path: str) -> bool:
     browser resolves %2e%2e as ..), so that a link cannot lead off the site."""
     return bool(_NEXT.fullmatch(path)) and all(
         unquote(seg) not in (".", "..") for seg in path.split("/"))
+# channel_state names of sessions signed out (the nonce follows), until they would end.
+REVOKED = "web.revoked."
 MAX_TEXT = 1600  # characters: ten UCS-2 SMS parts and more; the outbox has its own cap
 THREAD_LIMIT = 200
 LIST_LIMIT = 100
@@ -262,7 +264,7 @@ class ConversationsResource:
         d.addErrback(self._failed, request, None)
         return server.NOT_DONE_YET
 
-    def _logout(self, request: Any) -> bytes:
+    def _logout(self, request: Any) -> Any:
         form = form_fields(request)
         why = api.cross_origin(request)
         if why is None and not self.csrf.valid(form.get("csrf", ""), "logout", ""):
@@ -271,14 +273,21 @@ class ConversationsResource:
             request.setResponseCode(403)
             request.setHeader(b"Content-Type", _TEXT)
             return f"refused: {why}\n".encode("utf-8")
+        ended = self.users.logout(request) if self.users is not None else None
+        headers = [(b"Location", (root_of(request.path) + "login").encode("utf-8"))]
         if self.users is not None:
-            self.users.logout(request)
-            request.responseHeaders.addRawHeader(
-                b"Set-Cookie", self.users.clear_cookie_header(_secure(request)))
-        request.setResponseCode(303)
-        request.setHeader(b"Location", (root_of(request.path) + "login").encode("utf-8"))
-        request.setHeader(b"Content-Type", _TEXT)
-        return b"signed out\n"
+            headers.append((b"Set-Cookie", self.users.clear_cookie_header(_secure(request))))
+        if ended is None:
+            _send(request, 303, b"signed out\n", _TEXT, headers)
+            return server.NOT_DONE_YET
+        # Kept in the store: the session stays ended after a restart, too.
+        nonce, until = ended
+        d = self.store.write(lambda db: db.execute(
+            "INSERT OR REPLACE INTO channel_state (name, value, updated) VALUES (?, ?, ?)",
+            (REVOKED + nonce, repr(until), self.clock())))
+        d.addCallback(lambda _: _send(request, 303, b"signed out\n", _TEXT, headers))
+        d.addErrback(self._failed, request, None)
+        return server.NOT_DONE_YET
 
     # -- pages
 

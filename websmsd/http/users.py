@@ -29,7 +29,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 from websmsd.config.phones import PhonesSettings
 from websmsd.config.web import (USER_NAME, ScryptHash, WebSettings, WebUser, encode_password_hash,
@@ -373,14 +373,25 @@ class Users:
         found = self._valid(_cookie(request))
         return None if found is None else self.viewer_of(found[0])
 
-    def logout(self, request: Any) -> None:
-        """End the session of the request's cookie (remembered in memory until the
-        session would have ended anyway)."""
+    def logout(self, request: Any) -> Optional[Tuple[str, float]]:
+        """End the session of the request's cookie: (its nonce, when it would have
+        ended anyway), for the caller to keep across a restart (`revoked`), or None when
+        the request had no valid session."""
         found = self._valid(_cookie(request))
-        if found is not None:
-            name, issued, nonce = found
-            self._revoked[nonce] = issued + self._web.session
-            self._log.info("web logout: {user}", user=_shown(name))
+        if found is None:
+            return None
+        name, issued, nonce = found
+        until = issued + self._web.session
+        self._revoked[nonce] = until
+        self._log.info("web logout: {user}", user=_shown(name))
+        return nonce, until
+
+    def revoked(self, ended: Iterable[Tuple[str, float]]) -> None:
+        """Sessions that were signed out before (kept in the store across a restart)."""
+        now = self._now()
+        for nonce, until in ended:
+            if until > now and _NONCE.fullmatch(nonce):
+                self._revoked[nonce] = until
 
     def cookie_header(self, value: str, secure: bool) -> bytes:
         """The Set-Cookie header value that hands `value` (from login) to the browser."""
