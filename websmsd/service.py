@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Tuple
 
@@ -115,7 +114,9 @@ def _conversations(top: Any, reactor: Any, settings: Settings, store: Any) -> Tu
     catch_up.setServiceParent(top)
     users = Users(settings.web, settings.phones, secret=os.urandom(32), reactor=reactor)
     if users.enabled:
-        _OnStart("web sessions", lambda: _keep_secret(store, users)).setServiceParent(top)
+        _OnStart("web sessions", lambda: users.restore(store).addErrback(
+            lambda f: log.failure("web sessions: the secret could not be kept; sessions "
+                                  "end with this process", f))).setServiceParent(top)
     return threads, users
 
 
@@ -123,46 +124,6 @@ def _quietly(fn: Any, what: str) -> Any:
     """Run a periodic `fn` whose failure is logged, not the end of its TimerService."""
     d = defer.maybeDeferred(fn)
     d.addErrback(lambda f: log.failure("{what} failed", f, what=what))
-    return d
-
-
-def _keep_secret(store: Any, users: Any) -> Any:
-    """Sign sessions with the store's secret (made once, on first start), and keep the
-    sessions signed out before ended."""
-    fresh = os.urandom(32).hex()
-
-    def keep(db: Any) -> Tuple[str, list]:
-        # Sessions signed out before the restart stay ended (until they would have).
-        ended = []
-        prefix = REVOKED
-        for name, value in db.execute(
-                "SELECT name, value FROM channel_state WHERE name >= ? AND name < ?",
-                (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1))).fetchall():
-            try:
-                until = float(value)
-            except ValueError:
-                until = 0.0
-            if until <= time.time():
-                db.execute("DELETE FROM channel_state WHERE name = ?", (name,))
-            else:
-                ended.append((name[len(prefix):], until))
-        row = db.execute("SELECT value FROM channel_state WHERE name = 'web.secret'").fetchone()
-        if row is not None:
-            return row[0], ended
-        db.execute("INSERT INTO channel_state (name, value, updated) VALUES "
-                   "('web.secret', ?, strftime('%s','now'))", (fresh,))
-        return fresh, ended
-
-    def kept(result: Tuple[str, list]) -> None:
-        users.use_secret(bytes.fromhex(result[0]))
-        users.revoked(result[1])
-
-    from websmsd.http.conversations import REVOKED
-
-    d = store.write(keep)
-    d.addCallback(kept)
-    d.addErrback(lambda f: log.failure("web sessions: the secret could not be kept; "
-                                       "sessions end with this process", f))
     return d
 
 

@@ -51,8 +51,6 @@ def _safe_next(path: str) -> bool:
     browser resolves %2e%2e as ..), so that a link cannot lead off the site."""
     return bool(_NEXT.fullmatch(path)) and all(
         unquote(seg) not in (".", "..") for seg in path.split("/"))
-# channel_state names of sessions signed out (the nonce follows), until they would end.
-REVOKED = "web.revoked."
 MAX_TEXT = 1600  # characters: ten UCS-2 SMS parts and more; the outbox has its own cap
 THREAD_LIMIT = 200
 LIST_LIMIT = 100
@@ -280,11 +278,7 @@ class ConversationsResource:
         if ended is None:
             _send(request, 303, b"signed out\n", _TEXT, headers)
             return server.NOT_DONE_YET
-        # Kept in the store: the session stays ended after a restart, too.
-        nonce, until = ended
-        d = self.store.write(lambda db: db.execute(
-            "INSERT OR REPLACE INTO channel_state (name, value, updated) VALUES (?, ?, ?)",
-            (REVOKED + nonce, repr(until), self.clock())))
+        d = self.users.remember_logout(self.store, ended)
         d.addCallback(lambda _: _send(request, 303, b"signed out\n", _TEXT, headers))
         d.addErrback(self._failed, request, None)
         return server.NOT_DONE_YET

@@ -40,6 +40,10 @@ from websmsd.text import escape_controls, shorten
 __all__ = ["COOKIE", "OWNER", "Users", "Viewer", "hash_password", "verify_password"]
 
 COOKIE = "websmsd_session"
+# In the store's channel_state: the sessions' secret, and the sessions signed out (the
+# nonce follows the prefix) until they would have ended.
+SECRET = "web.secret"
+REVOKED = "web.revoked."
 
 # hash_password's parameters: 16 MiB and some 50-100 ms on a Raspberry Pi 4.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 14, 8, 1
@@ -385,6 +389,46 @@ class Users:
         self._revoked[nonce] = until
         self._log.info("web logout: {user}", user=_shown(name))
         return nonce, until
+
+    def restore(self, store: Any) -> Any:
+        """At start: sign sessions with the store's secret (made on the first start),
+        and keep the sessions signed out before the restart ended.  A Deferred."""
+        fresh = os.urandom(32).hex()
+
+        def load(db: Any) -> Tuple[str, List[Tuple[str, float]]]:
+            ended = []
+            for name, value in db.execute(
+                    "SELECT name, value FROM channel_state WHERE name >= ? AND name < ?",
+                    (REVOKED, REVOKED[:-1] + chr(ord(REVOKED[-1]) + 1))).fetchall():
+                try:
+                    until = float(value)
+                except ValueError:
+                    until = 0.0
+                if until <= time.time():
+                    db.execute("DELETE FROM channel_state WHERE name = ?", (name,))
+                else:
+                    ended.append((name[len(REVOKED):], until))
+            row = db.execute("SELECT value FROM channel_state WHERE name = ?",
+                             (SECRET,)).fetchone()
+            if row is not None:
+                return row[0], ended
+            db.execute("INSERT INTO channel_state (name, value, updated) VALUES (?, ?, ?)",
+                       (SECRET, fresh, time.time()))
+            return fresh, ended
+
+        def loaded(result: Tuple[str, List[Tuple[str, float]]]) -> None:
+            self.use_secret(bytes.fromhex(result[0]))
+            self.revoked(result[1])
+
+        return store.write(load).addCallback(loaded)
+
+    def remember_logout(self, store: Any, ended: Tuple[str, float]) -> Any:
+        """Keep a signed-out session ended across a restart (until it would have
+        ended anyway): a Deferred of the store's write."""
+        nonce, until = ended
+        return store.write(lambda db: db.execute(
+            "INSERT OR REPLACE INTO channel_state (name, value, updated) VALUES (?, ?, ?)",
+            (REVOKED + nonce, repr(until), time.time())))
 
     def revoked(self, ended: Iterable[Tuple[str, float]]) -> None:
         """Sessions that were signed out before (kept in the store across a restart)."""
