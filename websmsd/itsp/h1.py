@@ -16,7 +16,7 @@ that reads the other one would see a different request (request smuggling, RFC 9
 Bounds: request line, header lines and their final empty line at most `max_head` bytes
 (chunked trailers count against the same budget and header count), at most
 `max_headers` header lines, a decoded body at most `max_body` bytes (413 as soon as a
-Content-Length or a chunk size says more), a chunk-size line at most 4 KiB.  The
+Content-Length or a chunk size says more), a chunk-size line at most 4 KiB (or max_head if less).  The
 buffer never holds more than max_head + max_body + one read.
 
 The outcome depends only on the bytes, never on how they were split over reads: every
@@ -350,7 +350,7 @@ class H1Parser:
                 if not self._left:
                     self._state = _DATA_END
             elif state == _SIZE:
-                got = _take_line(buf, pos, _MAX_CHUNK_LINE - 2)
+                got = _take_line(buf, pos, min(_MAX_CHUNK_LINE, self.max_head) - 2)
                 if got == _NEED:
                     break
                 if isinstance(got, int):
