@@ -328,6 +328,27 @@ def test_slow_drip_of_a_big_chunk_stays_bounded():
     assert len(r.body) == 0x30000
 
 
+def test_slow_drip_of_a_content_length_body_is_moved_out_of_the_read_buffer():
+    p = H1Parser(max_body=100 * KB)
+    body = bytes(range(256)) * 400
+    assert p.feed(req(b"Content-Length: %d\r\n" % len(body))) == []
+    rnd = random.Random(6)
+    i = 0
+    while i < len(body) - 1:
+        n = min(rnd.randint(1, 700), len(body) - 1 - i)
+        assert p.feed(body[i:i + n]) == []
+        assert p._buf == b""
+        i += n
+    r, = p.feed(body[-1:] + FORM[:10])
+    assert r.body == body and p._buf == FORM[:10]
+
+
+def test_many_one_byte_chunks():
+    data = b"".join(b"1\r\n" + bytes([65 + i % 26]) + b"\r\n" for i in range(3000))
+    r = one(chunked(data + b"0\r\n\r\n"))
+    assert r.body == bytes(65 + i % 26 for i in range(3000))
+
+
 # ---------------------------------------------------------------- targets
 
 @pytest.mark.parametrize("target,origin", [

@@ -273,7 +273,10 @@ class H1Parser:
         self._state = _HEAD
         self._head: Optional[_Head] = None  # the request being read, once begun
         self._left = 0  # Content-Length still to come, or of the current chunk
-        self._parts: List[bytes] = []  # decoded chunks
+        # The body read so far when it came over several reads: copied out of the read
+        # buffer so that a body dripped in tiny reads costs linear time, and one bytearray
+        # rather than a list of bytes so that 1-byte chunks cost a byte each.
+        self._body = bytearray()
         self._got = 0  # decoded chunked body bytes so far
         self._continued = False
 
@@ -332,10 +335,20 @@ class H1Parser:
             elif state == _BODY:
                 end = pos + self._left
                 if len(buf) < end:
+                    if len(buf) > pos:
+                        self._body += memoryview(buf)[pos:]
+                        self._left -= len(buf) - pos
+                        pos = len(buf)
                     break
                 head = self._head
+                if self._body:
+                    self._body += memoryview(buf)[pos:end]
+                    body = bytes(self._body)
+                    self._body = bytearray()
+                else:
+                    body = buf[pos:end]
                 events.append(Request(head.method, head.target, head.version, head.headers,
-                                      buf[pos:end], _keep_alive(head)))
+                                      body, _keep_alive(head)))
                 pos = end
                 self._state = _HEAD
                 self._head = None
@@ -344,7 +357,7 @@ class H1Parser:
                 take = min(self._left, len(buf) - pos)
                 if take == 0:
                     break
-                self._parts.append(buf[pos:pos + take])
+                self._body += memoryview(buf)[pos:pos + take]
                 pos += take
                 self._left -= take
                 if not self._left:
@@ -386,8 +399,8 @@ class H1Parser:
                     if err.__class__ is ParseError:
                         return self._fail(events, err)
                     continue
-                body = b"".join(self._parts)
-                self._parts = []
+                body = bytes(self._body)
+                self._body = bytearray()
                 events.append(Request(head.method, head.target, head.version, head.headers,
                                       body, _keep_alive(head)))
                 self._state = _HEAD
@@ -426,7 +439,7 @@ class H1Parser:
     def _fail(self, events: list, err: ParseError) -> list:
         self._dead = True
         self._buf = b""
-        self._parts = []
+        self._body = bytearray()
         events.append(err)
         return events
 
@@ -478,7 +491,6 @@ class H1Parser:
         self._head = head
         if head.te is not None:
             self._state = _SIZE
-            self._parts = []
             self._got = 0
         else:
             self._state = _BODY
