@@ -128,7 +128,7 @@ def test_chunked_decoded():
     r = one(CHUNKED_TRAILERS)
     assert r.body == b"abc" and r.target == b"/t?q=%20"
     # trailers are checked and dropped, never merged into the headers
-    assert all(name.startswith(b"x-") is False for name, _ in r.headers)
+    assert not any(name.startswith(b"x-") for name, _ in r.headers)
 
 
 def test_chunk_sizes_in_hex_any_case_with_leading_zeros():
@@ -616,7 +616,7 @@ def test_fuzz_mutations_same_verdict_however_split():
         kw = rnd.choice([{}, {"max_head": 120, "max_body": 20, "max_headers": 4}])
         whole, _ = feed_all([data], **kw)
         for _ in range(3):
-            got, p = feed_all(splits(data, rnd), **kw)
+            got, _ = feed_all(splits(data, rnd), **kw)
             assert no_continue(got) == no_continue(whole), data
         assert all(isinstance(e, (Request, ParseError)) or e is CONTINUE for e in whole)
         assert sum(isinstance(e, ParseError) for e in whole) <= 1
@@ -656,7 +656,8 @@ def test_bounded_under_a_flood():
 # ---------------------------------------------------------------- no Twisted
 
 def test_imports_nothing_from_twisted():
-    tree = ast.parse(open(h1.__file__, encoding="utf-8").read())
+    with open(h1.__file__, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -666,8 +667,9 @@ def test_imports_nothing_from_twisted():
     assert names <= {"__future__", "typing"}, names
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run(
-        [sys.executable, "-c", "import sys, websmsd.itsp.h1; "
-         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'twisted'))"],
+        [sys.executable, "-c", ("import sys, websmsd.itsp.h1; "
+                                "print(sorted(m for m in sys.modules"
+                                " if m.split('.')[0] == 'twisted'))")],
         cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -708,12 +710,12 @@ def multimap(pairs):
 
 DIFFERENTIAL = [
     FORM, JSON, CHUNKED, CHUNKED_TRAILERS, GET10, GET11,
-    b"POST /hook?token=a%2Fb&x=&y HTTP/1.1\r\nHost: h\r\nX-Sig: a\r\nX-Sig: b\r\n"
-    b"Content-Type: application/x-www-form-urlencoded; charset=utf-8\r\n"
-    b"Content-Length: 29\r\n\r\nFrom=%2B4915100&Text=hi+there",
+    (b"POST /hook?token=a%2Fb&x=&y HTTP/1.1\r\nHost: h\r\nX-Sig: a\r\nX-Sig: b\r\n"
+     b"Content-Type: application/x-www-form-urlencoded; charset=utf-8\r\n"
+     b"Content-Length: 29\r\n\r\nFrom=%2B4915100&Text=hi+there"),
     b"POST /10 HTTP/1.0\r\nContent-Length: 3\r\nConnection: Keep-Alive\r\n\r\nabc",
-    b"PUT /u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
-    b"1f\r\n" + b"j" * 31 + b"\r\n3;ext=1\r\nabc\r\n0\r\n\r\n",
+    (b"PUT /u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"1f\r\n" + b"j" * 31 + b"\r\n3;ext=1\r\nabc\r\n0\r\n\r\n"),
     b"GET /a?b=c HTTP/1.1\r\nHost: a\r\nAccept: */*\r\nUser-Agent: curl/8\r\n\r\n",
 ]
 

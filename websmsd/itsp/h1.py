@@ -130,7 +130,7 @@ def _origin_form(target: bytes) -> Optional[bytes]:
     if not authority or b"@" in authority:
         return None
     path = rest[cut:]
-    if not path[:1] == b"/":
+    if path[:1] != b"/":
         path = b"/" + path
     return path
 
@@ -177,7 +177,7 @@ def _request_line(line: bytes, head: _Head) -> Optional[ParseError]:
     return None
 
 
-def _field(line: bytes, head: _Head, max_headers: int, ctl_checked: bool = False):
+def _field(line: bytes, head: _Head, max_headers: int):
     """Check one header or trailer line, counting it: (name, value) or its error."""
     head.count += 1
     if head.count > max_headers:
@@ -188,14 +188,13 @@ def _field(line: bytes, head: _Head, max_headers: int, ctl_checked: bool = False
             # obs-fold: RFC 9112 5.2 lets a server refuse it
             return ParseError(400, "folded header line", head.target)
         return ParseError(400, "malformed header line", head.target)
-    if not ctl_checked and len(value.translate(None, _CTL)) != len(value):
+    if len(value.translate(None, _CTL)) != len(value):
         return ParseError(400, "control character in a header value", head.target)
     return name, value
 
 
-def _header(line: bytes, head: _Head, max_headers: int,
-            ctl_checked: bool = False) -> Optional[ParseError]:
-    got = _field(line, head, max_headers, ctl_checked)
+def _header(line: bytes, head: _Head, max_headers: int) -> Optional[ParseError]:
+    got = _field(line, head, max_headers)
     if got.__class__ is ParseError:
         return got
     name = got[0].lower()
@@ -255,8 +254,7 @@ def _framing(head: _Head, max_body: int) -> Optional[ParseError]:
 def _keep_alive(head: _Head) -> bool:
     if not head.connection:
         return head.version == b"HTTP/1.1"
-    tokens = ([t.strip(b" \t") for t in head.connection.split(b",")]
-              if head.connection else ())
+    tokens = [t.strip(b" \t") for t in head.connection.split(b",")]
     if head.version == b"HTTP/1.1":
         return b"close" not in tokens
     return b"keep-alive" in tokens
