@@ -246,6 +246,8 @@ class LeanHTTPChannel(Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
+        if self.current is not None and self._drain_left is None:
+            return  # being answered: no timeout until the answer is written (request_done)
         if self._drain_left is not None:
             self.transport.loseConnection()
         else:
@@ -295,8 +297,10 @@ class LeanHTTPChannel(Protocol):
                 self._refuse(event)
                 return
             request = LeanRequest(self, event)
+            # The timer is left running (cancelling it and starting another per request
+            # costs more than the rest of the channel's work): _timed_out ignores it
+            # while the request is being answered, request_done restarts it.
             self.current = request
-            self._disarm()
             try:
                 result = self.factory.resource.render(request)
             except Exception:
