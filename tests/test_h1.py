@@ -1,4 +1,4 @@
-"""websmsd.itsp.h1: the sans-IO HTTP/1.1 request parser of the webhook listener (#18)."""
+"""websmsd.http.h1: the sans-IO HTTP/1.1 request parser of the webhook listener (#18)."""
 
 import ast
 import os
@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from websmsd.itsp import h1
-from websmsd.itsp.h1 import CONTINUE, H1Parser, ParseError, Request
+from websmsd.http import h1
+from websmsd.http.h1 import CONTINUE, H1Parser, ParseError, Request
 
 KB = 1024
 MB = 1024 * 1024
@@ -667,7 +667,7 @@ def test_imports_nothing_from_twisted():
     assert names <= {"__future__", "typing"}, names
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run(
-        [sys.executable, "-c", ("import sys, websmsd.itsp.h1; "
+        [sys.executable, "-c", ("import sys, websmsd.http.h1; "
                                 "print(sorted(m for m in sys.modules"
                                 " if m.split('.')[0] == 'twisted'))")],
         cwd=root, capture_output=True, text=True, check=True)

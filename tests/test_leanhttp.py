@@ -1,4 +1,4 @@
-"""The lean HTTP/1.1 server of the webhook listener (websmsd.itsp.leanhttp), byte for byte.
+"""The lean HTTP/1.1 server of the webhook listener (websmsd.http.leanhttp), byte for byte.
 
 tests/test_webhook.py runs every webhook HTTP test through both this server and
 twisted.web's; this file has what only the lean server has: its request object, its
@@ -7,9 +7,7 @@ resources channels mount.  tests/test_h1.py has the parser.
 """
 
 import pytest
-from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
@@ -17,8 +15,9 @@ from twisted.web.server import NOT_DONE_YET
 
 from websmsd.config import InboundInterface, InboundSettings
 from websmsd.http.site import WebhookRoot
-from websmsd.itsp.leanhttp import LeanWebhookFactory
+from websmsd.http.leanhttp import LeanWebhookFactory
 from websmsd.itsp.webhook import WebhookResource
+from test_webhook import RecordingSocket
 
 PEER = IPv4Address("TCP", "203.0.113.5", 40000)
 
@@ -45,24 +44,8 @@ class Echo(Resource):
         return request.method + b" " + request.uri + b" " + body
 
 
-class Socket(StringTransport, FileDescriptor):
-    """A StringTransport that passes for a socket of the reactor's (so the channel
-    half-closes it) and records, in order, what was written and how it was closed."""
-
-    def __init__(self, *args, **kw):
-        StringTransport.__init__(self, *args, **kw)
-        self.events = []
-
-    def write(self, data):
-        self.events.append(("write", data))
-        StringTransport.write(self, data)
-
-    def loseWriteConnection(self):
-        self.events.append(("half-close",))
-
-    def loseConnection(self):
-        self.events.append(("close",))
-        StringTransport.loseConnection(self)
+class Socket(RecordingSocket):
+    """A socket of the reactor's, as test_webhook's, that also records an abort."""
 
     def abortConnection(self):
         self.events.append(("abort",))

@@ -2,7 +2,7 @@
 
 The HTTP tests drive the webhook listener over a StringTransport with raw request
 bytes, each twice: through twisted.web's Site (make_site, WEBSMSD_HTTP=twisted) and
-through the lean HTTP/1.1 server the daemon uses (websmsd.itsp.leanhttp), so both answer
+through the lean HTTP/1.1 server the daemon uses (websmsd.http.leanhttp), so both answer
 framing (Content-Length, chunked bodies, Expect, keep-alive) alike.  The few tests that
 look inside twisted.web's objects run on the Site only; tests/test_leanhttp.py has the
 lean server's own.
@@ -28,7 +28,7 @@ from websmsd.itsp import inbound as webhook
 from websmsd.itsp.body import FieldError, UnsupportedMediaType, parse_fields
 from websmsd.itsp.fields import find
 from websmsd.itsp.inbound import MissingField, extract, make_message
-from websmsd.itsp.leanhttp import LeanWebhookFactory
+from websmsd.http.leanhttp import LeanWebhookFactory
 from websmsd.itsp.webhook import WebhookResource
 from websmsd.message import IN, UnsafeValue
 from websmsd.config import InboundInterface, InboundSettings

@@ -306,9 +306,9 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
     if os.environ.get("WEBSMSD_HTTP") == "twisted":
         webhook_site = make_site(root, d.max_body)
     else:
-        # The lean HTTP/1.1 server (issue #18): a third of twisted.web's time per
-        # webhook on the reactor thread.  WEBSMSD_HTTP=twisted serves it with twisted.web.
-        from websmsd.itsp.leanhttp import LeanWebhookFactory
+        # The lean HTTP/1.1 server (issue #18): half of twisted.web's reactor time per
+        # webhook.  WEBSMSD_HTTP=twisted serves the listener with twisted.web.
+        from websmsd.http.leanhttp import LeanWebhookFactory
 
         webhook_site = LeanWebhookFactory(root, d.max_body, reactor=reactor)
     summary = TimerService(60, webhook.log_summary)

@@ -39,7 +39,7 @@ from twisted.web.http import RESPONSES
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from websmsd.itsp.h1 import CONTINUE, H1Parser, ParseError, Request
+from websmsd.http.h1 import CONTINUE, H1Parser, ParseError, Request
 
 log = Logger()
 
