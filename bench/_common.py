@@ -24,7 +24,6 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-import blackbox  # noqa: E402  (tests/blackbox.py: the real daemon in a subprocess)
 from blackbox import Daemon, free_port, wait_port  # noqa: E402,F401
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")

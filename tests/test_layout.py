@@ -21,6 +21,7 @@ PACKAGE = ROOT / "websmsd"
 PURE_PREFIXES = (
     "websmsd.channel", "websmsd.message", "websmsd.routing", "websmsd.numbers",
     "websmsd.text", "websmsd.net", "websmsd.endpoints", "websmsd.metrics", "websmsd.sms",
+    "websmsd.http.h1",
     "websmsd.config", "websmsd.asterisk.agi",
     "websmsd.asterisk.callfile", "websmsd.ami.protocol", "websmsd.smpp.pdu",
     "websmsd.smpp.receipt", "websmsd.itsp.phpcompat", "websmsd.itsp.request",

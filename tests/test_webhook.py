@@ -1,7 +1,11 @@
 """The inbound webhook: field extraction (pure) and the HTTP layer, byte for byte.
 
-The HTTP tests drive a real twisted.web Site over a StringTransport with raw request
-bytes, so framing (Content-Length, chunked bodies, Expect, keep-alive) is Twisted's own.
+The HTTP tests drive the webhook listener over a StringTransport with raw request
+bytes, each twice: through twisted.web's Site (make_site, WEBSMSD_HTTP=twisted) and
+through the lean HTTP/1.1 server the daemon uses (websmsd.http.leanhttp), so both answer
+framing (Content-Length, chunked bodies, Expect, keep-alive) alike.  The few tests that
+look inside twisted.web's objects run on the Site only; tests/test_leanhttp.py has the
+lean server's own.
 """
 
 import ipaddress
@@ -24,6 +28,7 @@ from websmsd.itsp import inbound as webhook
 from websmsd.itsp.body import FieldError, UnsupportedMediaType, parse_fields
 from websmsd.itsp.fields import find
 from websmsd.itsp.inbound import MissingField, extract, make_message
+from websmsd.http.leanhttp import LeanWebhookFactory
 from websmsd.itsp.webhook import WebhookResource
 from websmsd.message import IN, UnsafeValue
 from websmsd.config import InboundInterface, InboundSettings
@@ -521,8 +526,39 @@ class Conn:
         self.channel.connectionLost(Failure(ConnectionDone()))
 
 
+_SERVER = ["twisted"]
+
+
+@pytest.fixture(autouse=True, params=["twisted", "lean"])
+def http_server(request):
+    """Every test of this module with each HTTP server of the webhook listener."""
+    _SERVER[0] = request.param
+    yield request.param
+    _SERVER[0] = "twisted"
+
+
+def twisted_only(test):
+    """For a test that looks inside twisted.web's Request or HTTPChannel."""
+
+    def run(http_server, *args, **kw):
+        if http_server != "twisted":
+            pytest.skip("looks inside twisted.web's objects (tests/test_leanhttp.py has"
+                        " the lean server's own)")
+        return test(*args, **kw)
+
+    import functools
+    import inspect
+
+    wrapped = functools.wraps(test)(run)
+    params = list(inspect.signature(test).parameters.values())
+    wrapped.__signature__ = inspect.Signature(
+        [inspect.Parameter("http_server", inspect.Parameter.POSITIONAL_OR_KEYWORD)] + params)
+    return wrapped
+
+
 class Hook:
-    """A WebhookResource behind make_site, with a fake store and a fake clock."""
+    """A WebhookResource behind the listener's server (make_site, or the lean one), with
+    a fake store and a fake clock."""
 
     def __init__(self, settings=None, max_body=1024 * 1024, store=None, **kw):
         self.settings = (
@@ -538,8 +574,12 @@ class Hook:
             self.settings, self.store, max_body=max_body, now=lambda: 1000.0, **kw
         )
         self.clock = Clock()
-        self.site = make_site(self.resource, reactor=self.clock)
-        self.requests = record_requests(self.site)
+        if _SERVER[0] == "lean":
+            self.site = LeanWebhookFactory(self.resource, reactor=self.clock)
+            self.requests = None  # LeanRequests are not kept
+        else:
+            self.site = make_site(self.resource, reactor=self.clock)
+            self.requests = record_requests(self.site)
 
     def connect(self, peer=PEER):
         return Conn(self.site, peer)
@@ -556,6 +596,7 @@ class Hook:
         return conn.response(head=head)
 
 
+@twisted_only
 def test_make_site():
     hook = Hook()
     assert hook.site.displayTracebacks is False
@@ -789,6 +830,7 @@ def test_query_used_only_when_body_has_no_fields():
 # -- body size limit -----------------------------------------------------------------
 
 
+@twisted_only
 def test_content_length_over_limit_refused_before_the_body(events):
     hook = Hook(max_body=1000)
     conn = hook.connect()
@@ -830,6 +872,7 @@ def test_content_length_over_limit_refused_before_the_body(events):
     assert [e for e in events if e.get("kind") == "too_large"]
 
 
+@twisted_only
 def test_chunked_body_over_limit_cut_off():
     hook = Hook(max_body=1000)
     conn = hook.connect()
@@ -890,6 +933,7 @@ def unparsed(channel):
     return channel.clearLineBuffer() + b"".join(channel._dataBuffer)
 
 
+@twisted_only
 @pytest.mark.parametrize("chunked", [False, True])
 def test_oversize_answer_written_then_drained_then_closed(chunked):
     # Item 6 of issue 12: closing at once, with the client's upload unread in the socket,
@@ -947,6 +991,7 @@ def test_oversize_drain_is_bounded_in_time_and_ends_with_the_client():
     assert [e[0] for e in conn.transport.events] == ["write", "half-close"]
 
 
+@twisted_only
 def test_oversize_refusal_with_pipelined_bytes_in_the_same_read():
     # The refusal comes in the middle of one read; the parser goes on with the rest of
     # it (a whole chunked body and 64 kB more): none of it may stay buffered, and the
@@ -1196,6 +1241,7 @@ def test_json_text_of_an_expanded_field_is_kept():
     assert find(parse_fields(JSON, b'{"Body": {"x": "1"}}', b""), "Body") is None
 
 
+@twisted_only
 def test_request_args_before_and_after_receipt():
     hook = Hook()
     conn = hook.connect()

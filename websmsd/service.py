@@ -303,7 +303,14 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
         from websmsd.phones.service import build as build_phones
 
         build_phones(wiring, settings.channels["ami"])
-    webhook_site = make_site(root, d.max_body)
+    if os.environ.get("WEBSMSD_HTTP") == "twisted":
+        webhook_site = make_site(root, d.max_body)
+    else:
+        # The lean HTTP/1.1 server (issue #18): half of twisted.web's reactor time per
+        # webhook.  WEBSMSD_HTTP=twisted serves the listener with twisted.web.
+        from websmsd.http.leanhttp import LeanWebhookFactory
+
+        webhook_site = LeanWebhookFactory(root, d.max_body, reactor=reactor)
     summary = TimerService(60, webhook.log_summary)
     summary.setName("webhook summary")
     summary.setServiceParent(top)
