@@ -377,3 +377,83 @@ def test_the_daemon_answers_alike_with_either_server(make_daemon, http):
     bodies = sorted(f.read_text() for f in files)
     assert sum("pipelined" in b for b in bodies) == 3 and sum("curl" in b for b in bodies) == 2
     assert d.rows("SELECT count(*) FROM messages") == [(5,)]
+
+
+def test_a_client_that_reads_no_answers_gets_no_more_of_them():
+    # The channel is the transport's streaming producer: when the client does not read
+    # and the write buffer fills (the transport calls pauseProducing), it answers
+    # nothing more and stops reading, until the buffer drains.
+    r = Echo()
+    conn = Conn(r)
+    assert conn.transport.producer is conn.channel and conn.transport.streaming
+    conn.send(post(b"/a", b"1"))
+    assert conn.take().endswith(b"POST /a 1")
+    conn.channel.pauseProducing()  # the write buffer is full
+    assert conn.transport.producerState == "paused"
+    conn.send(post(b"/b", b"2") + post(b"/c", b"3"))
+    assert conn.take() == b"" and len(r.seen) == 1
+    conn.channel.resumeProducing()  # written out
+    out = conn.take()
+    assert out.index(b"POST /b 2") < out.index(b"POST /c 3")
+    assert conn.transport.producerState == "producing"
+    # Blocked while a request is being answered: its answer is written (it is buffered
+    # by the transport anyway), the next one waits.
+    conn.send(post(b"/d", b"later") + post(b"/e", b"4"))
+    conn.channel.pauseProducing()
+    r.pending[-1].finish()
+    out = conn.take()
+    assert out.startswith(b"HTTP/1.1 200 OK") and b"/e" not in out
+    conn.channel.resumeProducing()
+    assert conn.take().endswith(b"POST /e 4")
+
+
+def test_closing_unregisters_the_producer_first():
+    # A transport with a paused streaming producer registered would never close.
+    conn = Conn(Echo(), socket=True)
+    conn.channel.pauseProducing()
+    conn.channel.resumeProducing()
+    conn.send(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert conn.transport.producer is None and conn.transport.disconnecting
+    root, _, _ = root_with_webhook()
+    conn = Conn(root, socket=True)
+    conn.send(post(b"/", b"x" * 5000))
+    assert conn.transport.producer is None
+    assert [e[0] for e in conn.transport.events] == ["write", "half-close"]
+    conn = Conn(Echo(), socket=True, timeout=1)
+    conn.clock.advance(1)
+    assert conn.transport.producer is None and conn.transport.events == [("abort",)]
+
+
+def test_the_daemon_stops_reading_a_client_that_reads_no_answers(make_daemon):
+    # A client pipelines requests and never reads: the daemon answers until the socket
+    # buffers are full, then stops reading it, instead of buffering answers.
+    import socket
+    import time
+
+    d = make_daemon(daemon="max_body = 4k")
+    rss = (lambda: int(next(line.split()[1] for line in open(f"/proc/{d.proc.pid}/status")
+                           if line.startswith("VmRSS"))))
+    before = rss()
+    request = b"GET /?x=1 HTTP/1.1\r\nHost: pbx\r\n\r\n"  # refused (400): no fields
+    sent, stalled = 0, None
+    with socket.create_connection(("127.0.0.1", d.webhook_port), timeout=10) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        s.setblocking(False)
+        chunk = request * 2000
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                sent += s.send(chunk)
+                stalled = None
+            except BlockingIOError:
+                stalled = stalled or time.monotonic()
+                if time.monotonic() - stalled > 2.0:
+                    break
+                time.sleep(0.05)
+        requests = sent // len(request)
+        grown = rss() - before
+    # Reading stopped (the client's send stalled) well before 60 s of requests, and the
+    # daemon holds no more than its socket buffers' worth of answers.
+    assert stalled is not None, f"the daemon read {requests} requests without stopping"
+    # (Without it: +23 MB for ~500,000 requests; with it: ~1 MB.)
+    assert grown < 8 * 1024, f"RSS grew by {grown} kB for {requests} unread answers"

@@ -32,7 +32,8 @@ from typing import Any, Optional
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IProtocolNegotiationFactory, ISSLTransport
+from twisted.internet.interfaces import (IProtocolNegotiationFactory, IPushProducer,
+                                         ISSLTransport)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.web.http import RESPONSES
@@ -210,6 +211,7 @@ class LeanRequest:
         return b"".join(out)
 
 
+@implementer(IPushProducer)
 class LeanHTTPChannel(Protocol):
     peer: Any = None
     secure = False
@@ -223,11 +225,13 @@ class LeanHTTPChannel(Protocol):
         self.parser = H1Parser(max_body=factory.max_body)
         self.queue: deque = deque()
         self.current: Optional[LeanRequest] = None
-        self.paused = False
+        self.paused = False  # reading paused (by _reading)
+        self.blocked = False  # the transport's write buffer is full: answer nothing more
         self.closing = False
         self.rendering = False
         self._drain_left: Optional[int] = None
         self._timer: Any = None
+        self._producing = False
 
     # -- timeouts ------------------------------------------------------------------------
 
@@ -248,6 +252,7 @@ class LeanHTTPChannel(Protocol):
         self._timer = None
         if self.current is not None and self._drain_left is None:
             return  # being answered: no timeout until the answer is written (request_done)
+        self._unregister()
         if self._drain_left is not None:
             self.transport.loseConnection()
         else:
@@ -258,7 +263,49 @@ class LeanHTTPChannel(Protocol):
     def connectionMade(self) -> None:
         self.peer = self.transport.getPeer()
         self.secure = ISSLTransport.providedBy(self.transport)
+        # As a streaming producer of answers, the channel hears when the client does not
+        # read them (pauseProducing): it stops answering and reading until the buffer
+        # drains, so that a client pipelining requests it never reads the answers of
+        # cannot make the daemon buffer answers without bound.
+        self.transport.registerProducer(self, True)
+        self._producing = True
         self._arm()
+
+    def _unregister(self) -> None:
+        # Before any close: a transport with a paused producer registered would wait
+        # for it forever instead of closing once its buffer is written.
+        if self._producing:
+            self._producing = False
+            self.transport.unregisterProducer()
+
+    # -- IPushProducer: the transport's write buffer -------------------------------------
+
+    def pauseProducing(self) -> None:
+        self.blocked = True
+        self._reading()
+
+    def resumeProducing(self) -> None:
+        self.blocked = False
+        if self.current is None and self.queue and not self.rendering:
+            self._next()
+        else:
+            self._reading()
+
+    def stopProducing(self) -> None:
+        self.blocked = True  # the connection is going: connectionLost follows
+
+    def _reading(self) -> None:
+        """Pause reading while the queue is long or answers cannot be written, resume
+        when neither holds (with some slack for the queue)."""
+        if self.closing or self._drain_left is not None:
+            return
+        if self.paused:
+            if not self.blocked and len(self.queue) <= _MAX_QUEUED // 2:
+                self.paused = False
+                self.transport.resumeProducing()
+        elif self.blocked or len(self.queue) > _MAX_QUEUED:
+            self.paused = True
+            self.transport.pauseProducing()
 
     def dataReceived(self, data: bytes) -> None:
         if self._drain_left is not None:
@@ -273,9 +320,8 @@ class LeanHTTPChannel(Protocol):
         self.queue.extend(events)
         if self.current is None and not self.rendering:
             self._next()
-        if len(self.queue) > _MAX_QUEUED and not self.paused and not self.closing:
-            self.paused = True
-            self.transport.pauseProducing()
+        else:
+            self._reading()
 
     def _next(self) -> None:
         self.rendering = True
@@ -283,12 +329,10 @@ class LeanHTTPChannel(Protocol):
             self._render_queued()
         finally:
             self.rendering = False
-        if self.paused and len(self.queue) <= _MAX_QUEUED // 2 and not self.closing:
-            self.paused = False
-            self.transport.resumeProducing()
+        self._reading()
 
     def _render_queued(self) -> None:
-        while self.current is None and self.queue and not self.closing:
+        while self.current is None and self.queue and not self.closing and not self.blocked:
             event = self.queue.popleft()
             if event is CONTINUE:
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -326,6 +370,7 @@ class LeanHTTPChannel(Protocol):
         if not request.keep_alive:
             self.closing = True
             self.queue.clear()
+            self._unregister()
             self.transport.loseConnection()
             return
         self._arm()
@@ -369,6 +414,7 @@ class LeanHTTPChannel(Protocol):
         self._timer = self.factory.reactor.callLater(self.drain_seconds, self._timed_out)
         from twisted.internet.abstract import FileDescriptor
 
+        self._unregister()
         if isinstance(self.transport, FileDescriptor):
             self.transport.loseWriteConnection()
 
@@ -378,9 +424,11 @@ class LeanHTTPChannel(Protocol):
         self._drain_left -= size
         if self._drain_left <= 0:
             self._disarm()
+            self._unregister()
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
+        self._producing = False
         self._disarm()
         self.queue.clear()
         current, self.current = self.current, None
