@@ -13,6 +13,9 @@ separate process.  Prints:
    request, idle RSS after start and after the run;
 3. the same load against a bare twisted.web resource (bench/baseline_server.py), and
    websmsd as a percentage of it;
+   then idle RSS and threads (1 s and 5 s after start) of the daemon with the default
+   config and with every channel configured (each peer a closed loopback port), against
+   the bare resource's idle RSS (measured alone if the runs above were skipped);
 4. latency at a fixed rate (open loop, --rate req/s) for websmsd and the baseline;
 5. websmsd and the baseline with a new connection per request (what PHP's server
    forces, and what many ITSPs do);
@@ -185,6 +188,203 @@ def run_baseline(base: Path, a, label: str, *, repeat: int, warmup: int = 300,
     finally:
         c.stop(proc)
     return run
+
+
+# -- idle RSS with every channel configured ------------------------------------------------
+
+def free_udp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def web_password_line(name: str) -> str:
+    """`password [name] = scrypt$...` from `websmsd passwd --stdin`, for a random password
+    that is thrown away (the bench never signs in; only the hash reaches the file)."""
+    import secrets
+
+    env = dict(os.environ, PYTHONPATH=str(c.ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-m", "websmsd", "passwd", "--stdin", name],
+                       input=secrets.token_urlsafe(18) + "\n", capture_output=True, text=True,
+                       cwd=str(c.ROOT), env=env, timeout=60)
+    line = r.stdout.strip()
+    if r.returncode != 0 or not line.startswith(f"password [{name}] = scrypt$"):
+        raise RuntimeError(f"websmsd passwd failed ({r.returncode}): {r.stderr.strip()}")
+    return line
+
+
+def all_channels_sections() -> dict:
+    """c.Daemon keyword sections configuring every channel websmsd has.  Every peer is a
+    loopback port nothing listens on (picked free, then left closed), so the daemon's
+    reconnecting clients (SMPP binds, Yeastar AMI, PBX AMI, SMS Gateway for Android
+    polls) keep failing and retrying while it idles: no traffic, only the channels."""
+    closed = {name: c.free_port() for name in
+              ("itsp", "smpp", "goip_web", "tg_ami", "tg_web", "smsgate", "ami")}
+    return dict(
+        websms=(  # an ITSP outbound interface from a preset
+            "preset      [tw] = twilio\n"
+            f"url_host    [tw] = http://127.0.0.1:{closed['itsp']}\n"
+            "auth_user   [tw] = ACbench0000000000000000000000000000\n"
+            "auth_secret [tw] = bench-token\n"
+            "number      [tw] = +12025550100\n"),
+        websmsd=(  # its inbound webhook interface
+            "preset     [tw] = twilio\n"
+            "url_path   [tw] = /sms/twilio\n"
+            "sig_secret [tw] = bench-token\n"
+            "sig_url    [tw] = https://pbx.example.com\n"),
+        astqueue="delivery = ami\n",  # inbound SMS to [phones] numbers go over AMI
+        goip=(  # one SIM each over SMPP, the UDP "SMS server" protocol and the web API
+            "smpp_host     = 127.0.0.1\n"
+            f"smpp_port     = {closed['smpp']}\n"
+            "system_id     = goip\n"
+            "password      = secret\n"
+            f"http_url      = http://127.0.0.1:{closed['goip_web']}\n"
+            "http_user     = admin\n"
+            "http_password = admin\n"
+            f'udp_listen    = "udp:{free_udp_port()}:interface=127.0.0.1"\n'
+            "channel   [sim1] = 1\n"
+            "number    [sim1] = +46701234567\n"
+            "transport [sim1] = smpp\n"
+            "channel   [sim2] = 2\n"
+            "number    [sim2] = +46701234568\n"
+            "transport [sim2] = udp\n"
+            "goip_id   [sim2] = goip2\n"
+            "goip_password [sim2] = linepass\n"
+            "channel   [sim3] = 3\n"
+            "number    [sim3] = +46701234569\n"
+            "transport [sim3] = http\n"),
+        yeastar=(  # one TG, one AMI session; a port sending over AMI, one over WebCGI
+            "host      = 127.0.0.1\n"
+            f"ami_port  = {closed['tg_ami']}\n"
+            f"http_port = {closed['tg_web']}\n"
+            "username  = apiuser\n"
+            "secret    = Api-S3cret\n"
+            "port      [tg1] = 1\n"
+            "number    [tg1] = +79991234567\n"
+            "port      [tg2] = 2\n"
+            "number    [tg2] = +79991234568\n"
+            "transport [tg2] = http\n"),
+        smssync=(
+            "url_path [phone1] = /smssync/phone1\n"
+            "secret   [phone1] = s3cr3t\n"
+            "number   [phone1] = +254700000001\n"),
+        smsgateway=(
+            "url_path [phone2] = /smsgateway/phone2\n"
+            "user     [phone2] = gw\n"
+            "password [phone2] = pa$s\n"
+            "number   [phone2] = +254700000002\n"),
+        smsgate=(
+            f"url      [phone3] = http://127.0.0.1:{closed['smsgate']}\n"
+            "user     [phone3] = sms\n"
+            "password [phone3] = secret\n"
+            "number   [phone3] = +254700000003\n"
+            "poll     [phone3] = 5\n"),
+        ami=(
+            "host     = 127.0.0.1\n"
+            f"port     = {closed['ami']}\n"
+            "username = websmsd\n"
+            "secret   = amisecret\n"),
+        phones=(
+            "number [john.doe] = +12025550160\n"
+            "number [desk]     = +12025550160\n"
+            "notify [john.doe] = all\n"),
+        route=(
+            "prefix [nordic] = +46\n"
+            "via    [nordic] = sim1, tw\n"
+            "prefix [ru]     = +7\n"
+            "via    [ru]     = tg1, sim3\n"
+            "default         = tw\n"),
+        web=(
+            f"{web_password_line('alice')}\n"
+            "numbers [alice] = +12025550100\n"
+            "phones  [alice] = john.doe\n"),
+    )
+
+
+def check_config(path: Path) -> tuple:
+    """(ok, warnings) from `websmsd check-config FILE`: ok when it exits 0."""
+    env = dict(os.environ, PYTHONPATH=str(c.ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-m", "websmsd", "check-config", str(path)],
+                       capture_output=True, text=True, cwd=str(c.ROOT), env=env, timeout=60)
+    out = r.stdout + r.stderr
+    warnings, inside = [], False
+    for line in out.splitlines():
+        if line.startswith("warnings:"):
+            inside = True
+        elif inside and line.startswith("    "):
+            warnings.append(line.strip())
+        else:
+            inside = False
+    if r.returncode != 0:
+        print(f"   check-config exited {r.returncode}:\n" + out[-3000:])
+    return r.returncode == 0, warnings
+
+
+def threads_total(pid: int) -> int:
+    """Threads of `pid` and its descendants."""
+    n = 0
+    for p in c.process_tree(pid):
+        try:
+            n += len(os.listdir(f"/proc/{p}/task"))
+        except OSError:
+            pass
+    return n
+
+
+FATAL_MARKS = ("Traceback", "Unhandled", "CRITICAL", "critical", "fatal", "Fatal")
+
+
+def idle_figures(pid: int) -> dict:
+    """RSS (total, text) and threads after 1 s and after 5 s of idling from now."""
+    out = {}
+    slept = 0.0
+    for at in (1.0, 5.0):
+        time.sleep(at - slept)
+        slept = at
+        out[at] = (c.rss_total(pid), c.rss_text(pid), threads_total(pid))
+    return out
+
+
+def run_idle(base: Path, label: str, **sections) -> dict:
+    """Start the daemon (every listener accepting), idle, measure, check it is alive, its
+    three listeners still accept and its log has nothing fatal; stop."""
+    d = c.Daemon(base / f"d-{label}", **sections)
+    result: dict = {"config": d.config}
+    if sections:
+        ok, warnings = check_config(d.config)
+        result["warnings"] = warnings
+        if not ok:
+            result["error"] = "check-config found errors"
+            return result
+    d.start()
+    try:
+        result["idle"] = idle_figures(d.proc.pid)
+        for port in (d.webhook_port, d.agi_port, d.status_port):
+            c.wait_accepting(port, 5, d.proc)
+        alive = d.proc.poll() is None
+    finally:
+        d.stop()
+    log = d.log.read_text(errors="replace") if d.log.exists() else ""
+    result["fatal"] = [line for line in log.splitlines()
+                       if any(m in line for m in FATAL_MARKS)][:10]
+    result["alive"] = alive
+    result["log_lines"] = len(log.splitlines())
+    return result
+
+
+def bare_idle(base: Path) -> tuple:
+    """(MB, text) of the bare twisted.web resource, 1 s idle after it accepts."""
+    port = c.free_port()
+    proc = subprocess.Popen([sys.executable, str(c.BENCH / "baseline_server.py"),
+                             "--port", str(port), "--logfile", str(base / "bare-idle.log")])
+    try:
+        c.wait_accepting(port, 30, proc)
+        time.sleep(1.0)
+        return c.rss_total(proc.pid), c.rss_text(proc.pid)
+    finally:
+        c.stop(proc)
 
 
 # -- SIGKILL -------------------------------------------------------------------------------
@@ -402,7 +602,8 @@ def main(argv=None) -> int:
                    help="PHP_CLI_SERVER_WORKERS (1: a single process, as the container runs it)")
     p.add_argument("--kills", type=int, default=3, help="SIGKILLs in the SIGKILL check")
     p.add_argument("--skip", action="append", default=[],
-                   choices=("start", "form", "json", "baseline", "close", "rate", "php", "kill"))
+                   choices=("start", "form", "json", "baseline", "allrss", "close", "rate",
+                            "php", "kill"))
     p.add_argument("--quick", action="store_true", help="small counts, for a smoke test")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
     a = p.parse_args(argv)
@@ -461,6 +662,43 @@ def main(argv=None) -> int:
                       f"{cpu_per_request(bare):.3f} ms ({cpu_ratio:.2f}x, target <= "
                       f"{TARGETS['cpu_vs_bare']}x); idle RSS {mine[kind].rss_idle:.1f} vs "
                       f"{bare.rss_idle:.1f} MB ({mine[kind].rss_idle - bare.rss_idle:+.1f} MB)")
+
+        if "allrss" not in a.skip:
+            print("-- idle RSS with every channel configured: [websms] + [websmsd] (twilio "
+                  "preset), [goip] SIMs over SMPP, UDP and the web API, [yeastar] (AMI and "
+                  "WebCGI ports), [smssync], [smsgateway], [smsgate], [ami] + [phones] "
+                  "(delivery = ami), [route], [web] with one user; every peer a closed "
+                  "loopback port, so the clients keep retrying")
+            if summary.get("bare_rss_mb") is None:
+                summary["bare_rss_mb"], text = bare_idle(base)
+                print(f"   bare twisted.web resource   {text} idle 1 s after start")
+            default = run_idle(base, "idle-default")
+            every = run_idle(base, "idle-all", **all_channels_sections())
+            if every.get("warnings"):
+                print("   check-config: no errors; warnings: "
+                      + " | ".join(w.split(": ", 1)[-1][:120] for w in every["warnings"]))
+            for name, r in (("default config (none)", default), ("every channel", every)):
+                if "idle" not in r:
+                    print(f"   {name:27} not measured: {r.get('error')}")
+                    continue
+                for at, (mb, text, threads) in r["idle"].items():
+                    print(f"   {name:27} {text} idle {at:.0f} s after start, {threads} threads")
+                fate = "alive" if r["alive"] else "EXITED"
+                print(f"   {'':27} {fate}, three listeners accepting; twistd.log "
+                      f"{r['log_lines']} lines, "
+                      + (f"FATAL-looking lines: {r['fatal']}" if r["fatal"] else "nothing fatal"))
+            if "idle" in default and summary.get("rss_mb") is None:
+                summary["rss_mb"] = default["idle"][1.0][0]  # form/json skipped
+            if "idle" in every:
+                # The worse of 1 s and 5 s: reconnecting clients may allocate meanwhile.
+                summary["rss_all_mb"] = max(mb for mb, _, _ in every["idle"].values())
+                if "idle" in default:
+                    mb_all, _, threads_all = every["idle"][5.0]
+                    mb_default, _, threads_default = default["idle"][5.0]
+                    print(f"   every channel adds {mb_all - mb_default:+.1f} MB and "
+                          f"{threads_all - threads_default:+d} threads to the default config "
+                          "(5 s idle)")
+            sys.stdout.flush()
 
         closed = None
         if "close" not in a.skip:
@@ -560,10 +798,16 @@ def main(argv=None) -> int:
         rss_over = (summary["rss_mb"] - summary["bare_rss_mb"]
                     if summary.get("rss_mb") is not None and summary.get("bare_rss_mb") is not None
                     else None)
+        rss_all_over = (summary["rss_all_mb"] - summary["bare_rss_mb"]
+                        if summary.get("rss_all_mb") is not None
+                        and summary.get("bare_rss_mb") is not None else None)
         rows = [
             ("start-up (webhook port)", summary.get("start_s"), f"<= {TARGETS['start_s']} s",
              lambda v: v <= TARGETS["start_s"], "{:.2f} s"),
             ("idle RSS over bare", rss_over, f"<= +{TARGETS['rss_over_bare_mb']:.0f} MB",
+             lambda v: v <= TARGETS["rss_over_bare_mb"], "{:+.1f} MB"),
+            ("idle RSS over bare, every channel", rss_all_over,
+             f"<= +{TARGETS['rss_over_bare_mb']:.0f} MB",
              lambda v: v <= TARGETS["rss_over_bare_mb"], "{:+.1f} MB"),
             ("form vs bare twisted.web", summary.get("vs_bare_form"),
              f">= {TARGETS['vs_bare']:.0f}%", lambda v: v >= TARGETS["vs_bare"], "{:.0f}%"),
@@ -582,12 +826,12 @@ def main(argv=None) -> int:
         ]
         for name, value, target, ok, fmt in rows:
             if value is None:
-                print(f"   {name:28} not measured")
+                print(f"   {name:33} not measured")
             else:
                 met = ok(value)
                 shown = ("none" if value else "SOME") if isinstance(value, bool) else (
                     fmt.format(value))
-                print(f"   {name:28} {shown:>10}   target {target:10} "
+                print(f"   {name:33} {shown:>10}   target {target:10} "
                       f"{'met' if met else 'NOT met'}")
     finally:
         c.cleanup(base, a.keep)
