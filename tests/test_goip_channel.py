@@ -857,3 +857,23 @@ def test_resend_detection_can_be_turned_off(tmp_path):
     assert len(h.inbound()) == 2
     assert conf("[goip]\nsmpp_host = h\npassword = p\nchannel [a] = 1\nresend_window = 0\n"
                 ).channels["goip"].interfaces[0].resend_window == 0.0
+
+
+def test_the_web_api_client_imports_treq_only_when_it_is_used():
+    # A GoIP web API configured for USSD or a fallback costs no HTTP client in memory
+    # until it is used (issue #18: idle RSS; Debian's treq imports requests).
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from websmsd.goip.service import _TreqOnFirstUse\n"
+        "lazy = _TreqOnFirstUse()\n"
+        "assert 'treq' not in sys.modules\n"
+        "import treq\n"
+        "assert lazy.request is treq.request and lazy.collect is treq.collect\n"
+    )
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
