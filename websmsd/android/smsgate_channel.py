@@ -83,7 +83,6 @@ class SMSGateChannel(Service):
         self._polling: Optional[defer.Deferred] = None
 
     def _make_client(self) -> Any:
-        from treq.client import HTTPClient
         from twisted.web.client import Agent, HTTPConnectionPool
 
         self._pool = HTTPConnectionPool(self.reactor, persistent=True)
@@ -95,7 +94,7 @@ class SMSGateChannel(Service):
         agent = Agent(self.reactor, pool=self._pool)
         p = self.phone
         return smsgate_client.SMSGateClient(
-            HTTPClient(agent), p.url, p.user, p.password or "", timeout=p.timeout,
+            smsgate_client.AgentRequests(agent), p.url, p.user, p.password or "", timeout=p.timeout,
             clock=self.reactor, with_delivery_report=p.delivery_report,
             skip_phone_validation=p.skip_validation)
 
