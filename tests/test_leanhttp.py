@@ -17,6 +17,7 @@ from websmsd.config import InboundInterface, InboundSettings
 from websmsd.http.site import WebhookRoot
 from websmsd.http.leanhttp import LeanWebhookFactory
 from websmsd.itsp.webhook import WebhookResource
+from test_webhook import Conn as WebhookConn
 from test_webhook import RecordingSocket
 
 PEER = IPv4Address("TCP", "203.0.113.5", 40000)
@@ -52,7 +53,10 @@ class Socket(RecordingSocket):
         StringTransport.loseConnection(self)
 
 
-class Conn:
+class Conn(WebhookConn):
+    """test_webhook's connection (send, take, lose) to a lean server of its own, with
+    its own clock, optionally over a socket-like transport."""
+
     def __init__(self, resource, socket=False, timeout=60, **channel_attrs):
         self.clock = Clock()
         self.factory = LeanWebhookFactory(resource, reactor=self.clock, timeout=timeout,
@@ -64,17 +68,6 @@ class Conn:
         for name, value in channel_attrs.items():
             setattr(self.channel, name, value)
         self.channel.makeConnection(self.transport)
-
-    def send(self, data):
-        self.channel.dataReceived(data)
-
-    def take(self):
-        data = self.transport.value()
-        self.transport.clear()
-        return data
-
-    def lose(self):
-        self.channel.connectionLost(None)
 
 
 def post(path=b"/", body=b"", extra=b""):
