@@ -546,6 +546,10 @@ def print_throughput(run: Run, what: str) -> None:
     runs = " ".join(f"{r['rps']:.0f}" for r in run.runs)
     print(f"   accepted   {b['rps']:.0f} req/s best of {n} runs of {b['sent']} requests "
           f"(median {run.median('rps'):.0f}; runs: {runs})")
+    if not b.get("active"):
+        print(f"              NOTHING ANSWERED: {b['errors']} errors {b.get('error_kinds')},"
+              f" {b['connects']} connections")
+        return
     print(f"              best run: {c.statuses_line(b['statuses'], b['errors'])} in "
           f"{b['active']:.2f} s over {b['connects']} connections")
     if b.get("e2e"):

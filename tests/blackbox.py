@@ -29,16 +29,58 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _self_connected(s: socket.socket) -> bool:
+    """A connect() to a loopback port nobody listens on yet can pick that very port as
+    its own source port and "succeed", connected to itself (TCP simultaneous open):
+    the port is then taken for that instant, and the daemon about to bind it fails
+    with "address already in use" while the caller believes it is listening."""
+    return s.getsockname() == s.getpeername()
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Is the socket listening on `port` the process `pid`'s?  free_port() hands out a
+    port that another process may take before the daemon binds it: then the daemon
+    exits ("address already in use") while the port accepts, and a test talking to it
+    reaches the other process or, a moment later, nothing.  Linux only (/proc); True
+    where /proc cannot tell."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return True
+    inodes = set()
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table, encoding="ascii").read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # local address "ADDR:PORT" (hex), state 0A = LISTEN, inode
+            if (len(fields) > 9 and fields[3] == "0A"
+                    and int(fields[1].rsplit(":", 1)[1], 16) == port and fields[9] in inodes):
+                return True
+    return False
+
+
 def wait_port(port: int, timeout: float = 15.0, proc: Optional[subprocess.Popen] = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"daemon exited with {proc.returncode}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                if not _self_connected(s) and (proc is None or _listens(proc.pid, port)):
+                    return
         except OSError:
-            time.sleep(0.05)
+            pass
+        time.sleep(0.05)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 

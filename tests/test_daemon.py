@@ -365,3 +365,30 @@ def test_unframeable_requests_get_a_reason(make_daemon):
         assert head.startswith(b"HTTP/1.1 400 "), answer
         assert b"malformed" in body
     assert d.callfiles() == []
+
+
+def test_wait_port_waits_for_the_daemons_own_listener():
+    # A port that accepts is not enough: it must be the daemon's (free_port() can hand
+    # out a port another process takes first; the daemon then exits while it accepts).
+    import os
+    import subprocess as sp
+
+    from blackbox import _listens, wait_port
+
+    other = socket.socket()
+    other.bind(("127.0.0.1", 0))
+    other.listen(1)
+    port = other.getsockname()[1]
+    try:
+        assert _listens(os.getpid(), port)
+        wait_port(port, timeout=1.0)  # anybody's listener will do without a process
+        sleeper = sp.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            assert not _listens(sleeper.pid, port)
+            with pytest.raises(TimeoutError):
+                wait_port(port, timeout=0.5, proc=sleeper)
+        finally:
+            sleeper.kill()
+            sleeper.wait()
+    finally:
+        other.close()
