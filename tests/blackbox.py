@@ -37,24 +37,47 @@ def _self_connected(s: socket.socket) -> bool:
     return s.getsockname() == s.getpeername()
 
 
+def _process_tree(pid: int) -> List[int]:
+    """`pid` and its descendants (from /proc/*/stat)."""
+    children: Dict[int, List[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat", encoding="ascii", errors="replace").read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    return tree
+
+
 def _listens(pid: int, port: int) -> bool:
     """Is the socket listening on `port` the process `pid`'s?  free_port() hands out a
     port that another process may take before the daemon binds it: then the daemon
     exits ("address already in use") while the port accepts, and a test talking to it
     reaches the other process or, a moment later, nothing.  Linux only (/proc); True
     where /proc cannot tell."""
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
+    if not os.path.isdir(f"/proc/{pid}/fd"):
         return True
     inodes = set()
-    for fd in fds:
+    for member in _process_tree(pid):  # the daemon may run under a shell or runuser
         try:
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            fds = os.listdir(f"/proc/{member}/fd")
         except OSError:
             continue
-        if link.startswith("socket:["):
-            inodes.add(link[8:-1])
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{member}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = open(table, encoding="ascii").read().splitlines()[1:]

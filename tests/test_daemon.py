@@ -382,6 +382,18 @@ def test_wait_port_waits_for_the_daemons_own_listener():
     try:
         assert _listens(os.getpid(), port)
         wait_port(port, timeout=1.0)  # anybody's listener will do without a process
+        # A daemon under a shell (or runuser): its listener is its child's.
+        listener = ("import socket, time; s = socket.socket(); s.bind(('127.0.0.1', 0));"
+                    " s.listen(1); print(s.getsockname()[1], flush=True); time.sleep(30)")
+        shell = sp.Popen(["sh", "-c", f'"{sys.executable}" -c "{listener}"; true'],
+                         stdout=sp.PIPE, text=True, start_new_session=True)
+        try:
+            child_port = int(shell.stdout.readline())
+            assert _listens(shell.pid, child_port) and not _listens(shell.pid, port)
+        finally:
+            os.killpg(shell.pid, 9)
+            shell.wait()
+            shell.stdout.close()
         sleeper = sp.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
         try:
             assert not _listens(sleeper.pid, port)
