@@ -24,7 +24,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from blackbox import Daemon, free_port, wait_port  # noqa: E402,F401
+from blackbox import Daemon, free_port, process_tree, wait_port  # noqa: E402,F401
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BODY_PREFIX = b"setvar: MESSAGE(body)="
@@ -113,26 +113,6 @@ def rss_mb(pid: int) -> Optional[float]:
     except OSError:
         return None
     return None
-
-
-def process_tree(pid: int) -> List[int]:
-    """`pid` and every process descending from it (a server's workers or helpers)."""
-    children: Dict[int, List[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    tree, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        todo.extend(children.get(p, ()))
-    return tree
 
 
 def rss_tree(pid: int) -> List[tuple]:

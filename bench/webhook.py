@@ -200,12 +200,17 @@ def free_udp_port() -> int:
         return s.getsockname()[1]
 
 
+def websmsd_env() -> dict:
+    """The environment for `python3 -m websmsd ...` from this source tree."""
+    return dict(os.environ, PYTHONPATH=str(c.ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
 def web_password_line(name: str) -> str:
     """`password [name] = scrypt$...` from `websmsd passwd --stdin`, for a random password
     that is thrown away (the bench never signs in; only the hash reaches the file)."""
     import secrets
 
-    env = dict(os.environ, PYTHONPATH=str(c.ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = websmsd_env()
     r = subprocess.run([sys.executable, "-m", "websmsd", "passwd", "--stdin", name],
                        input=secrets.token_urlsafe(18) + "\n", capture_output=True, text=True,
                        cwd=str(c.ROOT), env=env, timeout=60)
@@ -305,7 +310,7 @@ def all_channels_sections() -> dict:
 
 def check_config(path: Path) -> tuple:
     """(ok, warnings) from `websmsd check-config FILE`: ok when it exits 0."""
-    env = dict(os.environ, PYTHONPATH=str(c.ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = websmsd_env()
     r = subprocess.run([sys.executable, "-m", "websmsd", "check-config", str(path)],
                        capture_output=True, text=True, cwd=str(c.ROOT), env=env, timeout=60)
     out = r.stdout + r.stderr
@@ -329,7 +334,7 @@ def threads_total(pid: int) -> int:
         try:
             n += len(os.listdir(f"/proc/{p}/task"))
         except OSError:
-            pass
+            continue  # gone meanwhile
     return n
 
 

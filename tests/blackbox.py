@@ -37,23 +37,23 @@ def _self_connected(s: socket.socket) -> bool:
     return s.getsockname() == s.getpeername()
 
 
-def _process_tree(pid: int) -> List[int]:
-    """`pid` and its descendants (from /proc/*/stat)."""
+def process_tree(pid: int) -> List[int]:
+    """`pid` and every process descending from it (from /proc/*/stat)."""
     children: Dict[int, List[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            stat = open(f"/proc/{entry}/stat", encoding="ascii", errors="replace").read()
-        except OSError:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
         children.setdefault(ppid, []).append(int(entry))
     tree, todo = [], [pid]
     while todo:
         p = todo.pop()
         tree.append(p)
-        todo += children.get(p, [])
+        todo.extend(children.get(p, ()))
     return tree
 
 
@@ -66,7 +66,7 @@ def _listens(pid: int, port: int) -> bool:
     if not os.path.isdir(f"/proc/{pid}/fd"):
         return True
     inodes = set()
-    for member in _process_tree(pid):  # the daemon may run under a shell or runuser
+    for member in process_tree(pid):  # the daemon may run under a shell or runuser
         try:
             fds = os.listdir(f"/proc/{member}/fd")
         except OSError:

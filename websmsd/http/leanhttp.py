@@ -41,10 +41,10 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from websmsd.http.h1 import CONTINUE, H1Parser, ParseError, Request
+from websmsd.http.site import TEXT, early_answer
 
 log = Logger()
 
-_TEXT = b"text/plain; charset=utf-8"
 # Pipelined requests held (parsed, not answered yet) before the channel stops reading.
 _MAX_QUEUED = 8
 
@@ -354,7 +354,7 @@ class LeanHTTPChannel(Protocol):
                     continue
                 request._written = [b"internal error\n"]
                 request.code = 500
-                request._out_headers = [(b"Content-Type", _TEXT)]
+                request._out_headers = [(b"Content-Type", TEXT)]
                 result = b""
             if result is not NOT_DONE_YET and not request.finished:
                 if result:
@@ -382,17 +382,12 @@ class LeanHTTPChannel(Protocol):
     def _refuse(self, error: ParseError) -> None:
         self.closing = True
         self.queue.clear()
-        body = (error.reason + "\n").encode("utf-8")
-        self.transport.write(
-            b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
-            b"X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n%s"
-            % (error.status, RESPONSES.get(error.status, b"Error"), _TEXT, len(body), body))
+        self.transport.write(early_answer(error.status, error.reason))
         refused = getattr(self.factory.resource, "refused_early", None)
         if refused is not None:
             kind = "too_large" if error.status == 413 else "bad_request"
             try:
-                refused(_Peer(self), error.status, kind, getattr(error, "target", b""),
-                        error.reason)
+                refused(_Peer(self), error.status, kind, error.target, error.reason)
             except Exception:
                 log.failure("webhook listener: recording a refusal failed")
         self._drain_and_close()

@@ -45,6 +45,15 @@ def record_refusal(metrics: Any, now: float, kind: str, status: int, source: str
              kind=kind, status=status, source=source, path=path, reason=reason)
 
 
+def early_answer(status: int, reason: str) -> bytes:
+    """The whole answer to a request refused before any resource saw it (an oversize
+    body, a framing error): the reason as text, and the connection closes."""
+    body = (reason + "\n").encode("utf-8")
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+            b"X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n%s"
+            % (status, RESPONSES.get(status, b"Error"), TEXT, len(body), body))
+
+
 def body_of(request) -> bytes:
     content = getattr(request, "content", None)
     if content is None:
@@ -155,23 +164,10 @@ class WebhookRequest(Request):
         channel = self.channel
         # Otherwise the channel would send "100 Continue" after our answer.
         self.requestHeaders.removeHeader(b"expect")
-        body = (reason + "\n").encode("utf-8")
         # No Request machinery here: the request line has not been handed over yet and
         # must never be, so the answer goes straight to the transport, the way the
         # channel itself answers framing errors (but with a reason).
-        channel.transport.write(
-            b"".join(
-                [
-                    b"HTTP/1.1 413 ",
-                    RESPONSES.get(413, b"Request Entity Too Large"),
-                    b"\r\nContent-Type: ",
-                    TEXT,
-                    b"\r\nContent-Length: %d" % len(body),
-                    b"\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
-                    body,
-                ]
-            )
-        )
+        channel.transport.write(early_answer(413, reason))
         drain = getattr(channel, "drain_and_close", None)
         if drain is not None:
             drain()
