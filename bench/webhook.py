@@ -366,6 +366,9 @@ def run_idle(base: Path, label: str, **sections) -> dict:
     d.start()
     try:
         result["idle"] = idle_figures(d.proc.pid)
+        # The status page's Site is built with its first connection (websmsd.http.ondemand):
+        # what the daemon holds once somebody has opened the page.
+        result["page"] = page_opened(d)
         for port in (d.webhook_port, d.agi_port, d.status_port):
             c.wait_accepting(port, 5, d.proc)
         alive = d.proc.poll() is None
@@ -377,6 +380,22 @@ def run_idle(base: Path, label: str, **sections) -> dict:
     result["alive"] = alive
     result["log_lines"] = len(log.splitlines())
     return result
+
+
+def page_opened(d) -> tuple:
+    """(MB, status) 1 s after one GET of the status page (or (None, the error))."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{d.status_port}/", timeout=30) as r:
+            status = r.status
+    except urllib.error.HTTPError as e:
+        status = e.code
+    except OSError as e:
+        return None, f"not opened: {e}"
+    time.sleep(1.0)
+    return c.rss_total(d.proc.pid), status
 
 
 def bare_idle(base: Path) -> tuple:
@@ -692,6 +711,12 @@ def main(argv=None) -> int:
                     continue
                 for at, (mb, text, threads) in r["idle"].items():
                     print(f"   {name:27} {text} idle {at:.0f} s after start, {threads} threads")
+                page_mb, page_status = r.get("page", (None, "not opened"))
+                if page_mb is None:
+                    print(f"   {'':27} status page {page_status}")
+                else:
+                    print(f"   {'':27} {page_mb:.1f} MB 1 s after the status page was opened "
+                          f"once ({page_status}; its Site is built with the first connection)")
                 fate = "alive" if r["alive"] else "EXITED"
                 print(f"   {'':27} {fate}, three listeners accepting; twistd.log "
                       f"{r['log_lines']} lines, "

@@ -34,7 +34,8 @@ from websmsd.android.smsgate_channel import SMSGateChannel
 from websmsd.config import ConfigError, load, loads, report
 from websmsd.dispatch import Dispatcher, RetryPolicy
 from websmsd.http.board import ChannelBoard
-from websmsd.http.site import WebhookRoot, make_site
+from websmsd.http.site import WebhookRoot
+from websmsd.http.twsite import make_site
 from websmsd.message import DELIVERED, FAILED, IN, OUT, QUEUED, SENDING, SENT, Message
 from websmsd.metrics import Metrics
 from websmsd.service import Wiring

@@ -16,7 +16,7 @@ from websmsd.config.phones import Phone, PhonesSettings
 from websmsd.config.web import WebSettings, WebUser
 from websmsd.http import status
 from websmsd.http.convpages import parts_note
-from websmsd.http.site import make_site
+from websmsd.http.twsite import make_site
 from websmsd.http.users import Users
 from websmsd.message import DELIVERED, FAILED, IN, OUT, QUEUED, SENT
 from websmsd.outbox import Submitted

@@ -21,7 +21,8 @@ from twisted.python.failure import Failure
 
 from test_webhook import Conn, http_request, parse_response
 from websmsd.itsp import signatures
-from websmsd.http.site import IGNORED_EVENTS, make_site
+from websmsd.http.site import IGNORED_EVENTS
+from websmsd.http.twsite import make_site
 from websmsd.itsp.body import FieldError, parse_fields
 from websmsd.itsp.fields import find_all
 from websmsd.itsp.inbound import (IGNORED, MESSAGE, REPORT, BadNumber, Ignored, MissingField,

@@ -144,10 +144,23 @@ def test_the_store_knows_no_channel_and_only_service_knows_them_all():
         assert len(every) <= 1 or module.split(".")[1] in ("tap", "cli"), (module, every)
 
 
+def test_what_runs_from_the_start_leaves_twisted_web_server_to_the_status_page():
+    # twisted.web.server (with twisted.spread: ~2 MB on a Pi) is imported by the status
+    # page's Site, built with its first connection (websmsd.http.ondemand); the webhook
+    # listener, the channels and the wiring do without it.
+    for module in ["websmsd.service", "websmsd.http.leanhttp", "websmsd.http.site",
+                   "websmsd.http.ondemand", "websmsd.itsp.webhook"] + sorted(
+                       m for m in GRAPH if m.split(".")[1:2] and m.split(".")[1] in CHANNELS):
+        heavy = sorted(d for d in _closure(module)
+                       if d.startswith(("twisted.web.server", "twisted.web.http.",
+                                        "twisted.spread")) or d == "twisted.web.http")
+        assert not heavy, (module, heavy)
+
+
 def test_the_walk_sees_lazy_imports_as_lazy():
     # service.py imports its channels inside make_service: they are not module-level.
     assert not any(d.startswith("websmsd.itsp.client") for d in GRAPH["websmsd.service"])
     assert "twisted" not in {d.split(".")[0] for d in _closure("websmsd.config")}
     # ...and sees what is imported at module level, also through other modules.
-    assert "twisted.web.http" in _closure("websmsd.itsp.webhook")
+    assert "twisted.web.resource" in _closure("websmsd.itsp.webhook")
     assert "twisted.internet.defer" in _closure("websmsd.store")

@@ -32,7 +32,7 @@ from websmsd.http.api import Access
 from websmsd.http.board import ChannelBoard, listener_reporter
 from websmsd.http.model import StatusModel
 from websmsd.http.pages import CSRF, CSRF_LIFETIME
-from websmsd.http.site import make_site
+from websmsd.http.twsite import make_site
 from websmsd.itsp.sink import ITSPSink
 from websmsd.itsp.webhook import WebhookResource
 from websmsd.message import CANCELLED, FAILED, IN, OUT, QUEUED, SENDING, SENT, Message

@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from websmsd.http.site import WebhookRequest, make_site
+from websmsd.http.twsite import WebhookRequest, make_site
 from websmsd.itsp import inbound as webhook
 from websmsd.itsp.body import FieldError, UnsupportedMediaType, parse_fields
 from websmsd.itsp.fields import find
@@ -1260,7 +1260,7 @@ def test_request_args_before_and_after_receipt():
 SERVER = r"""
 import sys
 from twisted.internet import reactor, defer
-from websmsd.http.site import make_site  # noqa: F811
+from websmsd.http.twsite import make_site  # noqa: F811
 from websmsd.itsp.webhook import WebhookResource  # noqa: F811
 from websmsd.config import InboundSettings, InboundInterface
 

@@ -206,11 +206,9 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
     from websmsd.asterisk.spool import CallFileChannel
     from websmsd.channel import route_name
     from websmsd.dispatch import Dispatcher, RetryPolicy
-    from websmsd.http import status
-    from websmsd.http.api import Access
     from websmsd.http.board import ChannelBoard
-    from websmsd.http.model import StatusModel
-    from websmsd.http.site import WebhookRoot, make_site
+    from websmsd.http.ondemand import OnFirstConnection
+    from websmsd.http.site import WebhookRoot
     from websmsd.itsp.webhook import WebhookResource
     from websmsd.metrics import Metrics
     from websmsd.outbox import Outbox
@@ -304,6 +302,8 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
 
         build_phones(wiring, settings.channels["ami"])
     if os.environ.get("WEBSMSD_HTTP") == "twisted":
+        from websmsd.http.twsite import make_site
+
         webhook_site = make_site(root, d.max_body)
     else:
         # The lean HTTP/1.1 server (issue #18): half of twisted.web's reactor time per
@@ -331,17 +331,27 @@ def make_service(settings: Settings, reactor: Any = None) -> service.MultiServic
     for description in d.agi_listen:
         _listen(top, reactor, "agi_listen", description, agi, board, started)
 
-    # The status page, the JSON API (the `websms` command) and /metrics.
-    model = StatusModel(store, board, metrics, routes=list(dispatcher.routes),
-                        started=started, clock=reactor.seconds)
-    # ...and the conversations: SMS per own number in the browser, for the owner and the
-    # users of [web].
+    # The status page, the JSON API (the `websms` command) and /metrics: twisted.web,
+    # built with its first connection (websmsd.http.ondemand: ~3 MB less on a Pi until
+    # then).  The conversations' index and the [web] users run from the start.
     threads, users = _conversations(top, reactor, settings, store)
-    local = make_site(status.make_status_resource(model, outbox, Access.from_settings(d),
-                                                  ussd=wiring.ussd, threads=threads,
-                                                  users=users,
-                                                  configured=_own_numbers(settings)),
-                      status.MAX_REQUEST_BODY)
+    routes = list(dispatcher.routes)
+
+    def status_site() -> Any:
+        from websmsd.http import status
+        from websmsd.http.api import Access
+        from websmsd.http.model import StatusModel
+        from websmsd.http.twsite import make_site
+
+        model = StatusModel(store, board, metrics, routes=routes, started=started,
+                            clock=reactor.seconds)
+        return make_site(status.make_status_resource(model, outbox, Access.from_settings(d),
+                                                     ussd=wiring.ussd, threads=threads,
+                                                     users=users,
+                                                     configured=_own_numbers(settings)),
+                         status.MAX_REQUEST_BODY)
+
+    local = OnFirstConnection(status_site, "status page")
     for description in d.status_listen:
         _listen(top, reactor, "status_listen", _tls_endpoint(description, settings), local,
                 board, started)

@@ -20,10 +20,9 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
 from websmsd.channel import Outcome, route_name
-from websmsd.http.site import body_of, gone, record_refusal
+from websmsd.http.site import NOT_DONE_YET, body_of, gone, record_refusal
 from websmsd.message import IN, Message
 
 from .answer import Answer, is_clean, is_text

@@ -36,12 +36,10 @@ from twisted.internet.interfaces import (IProtocolNegotiationFactory, IPushProdu
                                          ISSLTransport)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.web.http import RESPONSES
-from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from websmsd.http.h1 import CONTINUE, H1Parser, ParseError, Request
-from websmsd.http.site import TEXT, early_answer
+from websmsd.http.site import NOT_DONE_YET, RESPONSES, TEXT, early_answer
 
 log = Logger()
 

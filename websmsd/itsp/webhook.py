@@ -20,11 +20,11 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
-from twisted.web.server import NOT_DONE_YET
 from twisted.web.resource import Resource
 
 from websmsd.config.websmsd import InboundInterface, InboundSettings
-from websmsd.http.site import IGNORED_EVENTS, REFUSALS, REPORTS, record_refusal
+from websmsd.http.site import (IGNORED_EVENTS, NOT_DONE_YET, REFUSALS, REPORTS,
+                               record_refusal)
 from websmsd.http.site import TEXT as _TEXT
 from websmsd.http.site import answer as _answer
 from websmsd.http.site import body_of as _body_of
