@@ -23,15 +23,15 @@ Pure Python: no Twisted here (the Deferreds are the channels').
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, List, NamedTuple, Optional, Protocol, Sequence
 
 from websmsd.message import DELIVERED, SENT, Message
+from websmsd.record import frozen
 
 __all__ = ["Outcome", "Sink", "BatchSink", "ChannelState", "route_name", "route_kind"]
 
 
-@dataclass(frozen=True)
+@frozen
 class Outcome:
     """What one attempt to hand a message on achieved.
 

@@ -30,11 +30,12 @@ from twisted.logger import Logger
 from websmsd.channel import Outcome
 from websmsd.message import FAILED, QUEUED, Message
 from websmsd.text import one_line
+from websmsd.record import frozen
 
 log = Logger()
 
 
-@dataclass(frozen=True)
+@frozen
 class RetryPolicy:
     base: float = 30.0
     max_delay: float = 3600.0

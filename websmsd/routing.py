@@ -22,18 +22,18 @@ a number no endpoint has, and every SMS with delivery = callfile, goes to the ca
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from websmsd.channel import route_name
 from websmsd.config.route import RouteSettings
 from websmsd.message import Message, new_id
+from websmsd.record import frozen
 
 NO_INTERFACE = "no interface configured for outbound SMS (give [websms] a url_host)"
 PHONE_KIND = "ami"  # the route kind of a PBX phone reached over AMI: ami:<endpoint>
 
 
-@dataclass(frozen=True)
+@frozen
 class Interface:
     """An interface that can carry a message from the PBX."""
 
@@ -49,7 +49,7 @@ class Interface:
         return route_name(self.kind, self.name)
 
 
-@dataclass(frozen=True)
+@frozen
 class Decision:
     routes: Tuple[str, ...]  # the route, then its fallbacks; () when there is none
     reason: str  # why: one line for check-config and the log

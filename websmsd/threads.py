@@ -23,7 +23,6 @@ import json
 import math
 import sqlite3
 import time
-from dataclasses import dataclass
 from typing import (Any, Callable, Collection, Dict, Iterator, List, NamedTuple, Optional,
                     Sequence, Tuple)
 
@@ -35,6 +34,7 @@ from websmsd.message import IN, Message
 from websmsd.numbers import number_key
 from websmsd.phones.notices import SOURCE as NOTICE
 from websmsd.store import COLUMNS, row_to_message
+from websmsd.record import frozen
 
 log = Logger()
 
@@ -52,7 +52,7 @@ MAX_SEARCH = 200
 _M = ", ".join("m." + c for c in COLUMNS)
 
 
-@dataclass(frozen=True)
+@frozen
 class Entry:
     """One SMS of a conversation."""
 
@@ -64,7 +64,7 @@ class Entry:
     peer_key: str
 
 
-@dataclass(frozen=True)
+@frozen
 class Conversation:
     own: str  # display forms, from the newest entry
     peer: str
@@ -76,7 +76,7 @@ class Conversation:
     read_upto: Optional[float] = None  # the viewer's read mark (None: never read)
 
 
-@dataclass(frozen=True)
+@frozen
 class OwnNumber:
     own: str  # display form, from the newest entry
     own_key: str

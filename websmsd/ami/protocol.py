@@ -24,6 +24,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Deque, Iterable, List, Optional, Sequence, Tuple, Union
 
+from websmsd.record import frozen
+
 # ---------------------------------------------------------------------------------------
 # Limits
 # ---------------------------------------------------------------------------------------
@@ -62,21 +64,21 @@ class AMIEncodeError(AMIError, ValueError):
 # ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class Banner:
     """The first line a manager writes, e.g. `Asterisk Call Manager/11.0.0`."""
 
     text: str
 
 
-@dataclass(frozen=True)
+@frozen
 class ParseError:
     """The peer broke the framing or a cap; the parser is done, drop the connection."""
 
     reason: str
 
 
-@dataclass(frozen=True)
+@frozen
 class Packet:
     """One response or event.
 
@@ -390,7 +392,7 @@ def message_send(to: str, from_: Optional[str], body: bytes) -> List[Tuple[str, 
 # ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class ActionResult:
     """The answer to one action: its response and, for a list action, its events.
 
@@ -421,20 +423,20 @@ class ActionResult:
         return self.response.command_output()
 
 
-@dataclass(frozen=True)
+@frozen
 class ActionDone:
     action_id: str
     result: ActionResult
 
 
-@dataclass(frozen=True)
+@frozen
 class Unsolicited:
     """An event that answers no pending action: hand it to the subscribers."""
 
     packet: Packet
 
 
-@dataclass(frozen=True)
+@frozen
 class Stray:
     """A packet for no pending action (unknown or abandoned ActionID): log it, go on."""
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from typing import Any, Optional, Tuple
+
+from websmsd.record import frozen
 
 JSON_TYPE = "application/json; charset=utf-8"
 
@@ -23,7 +24,7 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-@dataclass(frozen=True)
+@frozen
 class Answer:
     """One HTTP answer: status, body bytes, Content-Type and any extra headers."""
 

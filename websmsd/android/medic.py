@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import gzip
 import zlib
-from dataclasses import dataclass
 from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, Union
 
 from .answer import (
@@ -54,6 +53,7 @@ from .answer import (
     one_line,
 )
 from .basicauth import Header, check_basic
+from websmsd.record import frozen
 
 # The phone sends at most 10 messages and 20 updates; ten times that is still sane, more
 # is not this app.
@@ -88,7 +88,7 @@ WWW_AUTHENTICATE = 'Basic realm="websmsd", charset="ISO-8859-1"'
 GZIP_MIN = 128
 
 
-@dataclass(frozen=True)
+@frozen
 class IncomingSMS:
     """An SMS the phone received.
 
@@ -105,7 +105,7 @@ class IncomingSMS:
     sms_received_ms: Optional[int]
 
 
-@dataclass(frozen=True)
+@frozen
 class StatusUpdate:
     """A status of an SMS websmsd handed over.  `status` may be one not in STATUSES."""
 
@@ -114,7 +114,7 @@ class StatusUpdate:
     reason: Optional[str] = None
 
 
-@dataclass(frozen=True)
+@frozen
 class Poll:
     messages: Tuple[IncomingSMS, ...]
     updates: Tuple[StatusUpdate, ...]
@@ -125,7 +125,7 @@ class Poll:
         return frozenset(u.id for u in self.updates)
 
 
-@dataclass(frozen=True)
+@frozen
 class Refusal:
     """A request that must not get a 2xx: its status and a one-line reason."""
 
@@ -133,7 +133,7 @@ class Refusal:
     reason: str
 
 
-@dataclass(frozen=True)
+@frozen
 class OutgoingSMS:
     """An SMS for the phone to send; `id` is websmsd's stable message id."""
 

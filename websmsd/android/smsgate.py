@@ -35,11 +35,11 @@ import datetime as _dt
 import hashlib
 import json
 import re
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple, Union
 from urllib.parse import quote
 
 from .answer import JSONError, is_clean, is_text, json_bytes, load_json, one_line
+from websmsd.record import frozen
 
 MAX_ID = 64
 MAX_NUMBER = 64
@@ -51,7 +51,7 @@ MAX_LIMIT = 500  # the app's bound for /inbox?limit=
 # --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class Outcome:
     """What one `send` achieved.
 
@@ -263,14 +263,14 @@ LIFECYCLE = {
 }
 
 
-@dataclass(frozen=True)
+@frozen
 class Recipient:
     phone_number: str
     state: Optional[str]
     error: Optional[str] = None
 
 
-@dataclass(frozen=True)
+@frozen
 class MessageState:
     """A message's state on the phone.
 
@@ -340,7 +340,7 @@ def parse_state(message_id: str, body: bytes) -> MessageState:
 # --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class Health:
     """What ``GET /health`` said.
 
@@ -404,7 +404,7 @@ def _digest(*parts: str, size: int = 16) -> str:
     return h.hexdigest()[:size]
 
 
-@dataclass(frozen=True)
+@frozen
 class InboxEntry:
     """One entry of ``GET /inbox``.  `text` is contentPreview: the whole SMS for type SMS."""
 
@@ -432,7 +432,7 @@ class InboxEntry:
         return _digest(self.id, self.type, self.sender, str(self.created_ms), self.text)
 
 
-@dataclass(frozen=True)
+@frozen
 class InvalidRow:
     """An inbox entry that could not be read: counted by the reader, never taken."""
 
@@ -441,7 +441,7 @@ class InvalidRow:
     why: str
 
 
-@dataclass(frozen=True)
+@frozen
 class InboxPage:
     entries: Tuple[InboxEntry, ...]
     total: Optional[int]  # X-Total-Count; None when the answer had none

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from .smsgate import MAX_LIMIT, InboxEntry, InboxPage, Moment, format_datetime, to_ms
+from websmsd.record import frozen
 
 # --------------------------------------------------------------------------------------
 # InboxReader: which inbox entries are new
@@ -31,7 +32,7 @@ class Seen:
     content: str  # sender + text (InboxEntry.content_digest), for same-SMS-other-id
 
 
-@dataclass(frozen=True)
+@frozen
 class InboxState:
     """What the caller persists between polls, in the same transaction as the SMS taken.
 
@@ -92,7 +93,7 @@ class InboxState:
         return cls(floor, below, tuple(rows))
 
 
-@dataclass(frozen=True)
+@frozen
 class InboxRequest:
     """One ``GET /inbox`` the scan needs next (pass to `SMSGateClient.inbox`)."""
 
@@ -103,7 +104,7 @@ class InboxRequest:
     purpose: str  # "probe", "below", "range" (or "window" when the phone gives no counts)
 
 
-@dataclass(frozen=True)
+@frozen
 class ScanResult:
     """The end of one scan.
 
@@ -132,7 +133,7 @@ DAY_MS = 24 * 3600 * 1000
 MIN_REQUESTS = 64
 
 
-@dataclass(frozen=True)
+@frozen
 class InboxReader:
     """The policy for reading the phone's inbox without a cursor.  Pure.
 

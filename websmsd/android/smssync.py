@@ -44,7 +44,6 @@ from __future__ import annotations
 import contextlib
 import hmac
 import re
-from dataclasses import dataclass
 from typing import Any, Container, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import parse_qsl, unquote_plus
 
@@ -58,6 +57,7 @@ from .answer import (
     load_json,
     one_line,
 )
+from websmsd.record import frozen
 
 # Request bodies: an SMS of 255 joined parts in UCS-2 is ~17,000 characters, up to 9 bytes
 # each once percent-encoded; twice that is plenty.
@@ -83,7 +83,7 @@ RESULT_QUERY = "result-query"  # GET ?task=result
 RESULT_REPORT = "result-report"  # POST ?task=result
 
 
-@dataclass(frozen=True)
+@frozen
 class FieldNames:
     """The body's field names; the phone's user can rename each in the app."""
 
@@ -103,7 +103,7 @@ class FieldNames:
 DEFAULT_FIELDS = FieldNames()
 
 
-@dataclass(frozen=True)
+@frozen
 class IncomingSMS:
     """A received SMS as the phone posted it.
 
@@ -122,7 +122,7 @@ class IncomingSMS:
     body_format: str = FORM
 
 
-@dataclass(frozen=True)
+@frozen
 class TestIntegration:
     """The "Test integration" button: not an SMS, never to be stored as one."""
 
@@ -131,7 +131,7 @@ class TestIntegration:
     body_format: str = FORM
 
 
-@dataclass(frozen=True)
+@frozen
 class Refusal:
     """A request that cannot be taken: the HTTP status to answer and a one-line reason."""
 
@@ -139,7 +139,7 @@ class Refusal:
     reason: str
 
 
-@dataclass(frozen=True)
+@frozen
 class Query:
     """`task` and `secret` from a request's query; `params` keeps every pair in order."""
 
@@ -148,7 +148,7 @@ class Query:
     params: Tuple[Tuple[str, str], ...] = ()
 
 
-@dataclass(frozen=True)
+@frozen
 class OutgoingSMS:
     """An SMS for the phone to send; `uuid` is websmsd's stable message id."""
 
@@ -157,7 +157,7 @@ class OutgoingSMS:
     text: str
 
 
-@dataclass(frozen=True)
+@frozen
 class MessageResult:
     """One entry of a POST ?task=result body.  Codes are ints; dates stay strings."""
 
@@ -170,13 +170,13 @@ class MessageResult:
     delivered_timestamp: Optional[str] = None
 
 
-@dataclass(frozen=True)
+@frozen
 class ResultReport:
     results: Tuple[MessageResult, ...]
     skipped: int = 0  # entries that were not objects with a usable uuid
 
 
-@dataclass(frozen=True)
+@frozen
 class Hint:
     """What a delivery result suggests: status "delivered" or "failed", and why."""
 

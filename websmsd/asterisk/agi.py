@@ -26,10 +26,11 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Dict, List, Optional, Sequence, Union
 
 from websmsd.text import shown
+from websmsd.record import frozen
 
 # ---------------------------------------------------------------------------------------
 # Sans-IO core: nothing from Twisted above the "Twisted layer" line.
@@ -56,7 +57,7 @@ class AGIProtocolError(ValueError):
     """The peer broke the FastAGI protocol (or a cap); the session cannot go on."""
 
 
-@dataclass(frozen=True)
+@frozen
 class Environment:
     """The `agi_*` variables Asterisk sent first.
 
@@ -72,7 +73,7 @@ class Environment:
     amended: bool = False
 
 
-@dataclass(frozen=True)
+@frozen
 class Reply:
     """One answer to a command: `200 result=1 (data)`, `510 ...`, `520-...`/`520 ...`."""
 
@@ -82,7 +83,7 @@ class Reply:
     lines: List[str] = field(default_factory=list)  # the raw lines, newline removed
 
 
-@dataclass(frozen=True)
+@frozen
 class Hangup:
     """A `HANGUP` line: Asterisk is done with this session."""
 

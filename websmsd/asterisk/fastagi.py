@@ -8,7 +8,6 @@ would stop the dialplan).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from twisted.internet import defer, protocol
@@ -18,6 +17,7 @@ from websmsd.asterisk.agi import (BODY_COMMAND, FAILED, STATUSES, AGIProtocolErr
                                   AGISession, Environment, Event, Hangup, Reply, command_bytes,
                                   decode_body_reply, message_body, set_variable)
 from websmsd.text import shown
+from websmsd.record import frozen
 
 log = Logger(namespace="websmsd.asterisk.fastagi")
 
@@ -26,7 +26,7 @@ MAX_REASON = 200
 MAX_ID = 100
 
 
-@dataclass(frozen=True)
+@frozen
 class AGIRequest:
     """One outbound message as the dialplan handed it over."""
 
@@ -39,7 +39,7 @@ class AGIRequest:
     peer: Any = None  # the peer's IAddress
 
 
-@dataclass(frozen=True)
+@frozen
 class AGIResult:
     status: str  # SENT, QUEUED or FAILED
     message_id: Optional[str] = None

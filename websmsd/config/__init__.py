@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from websmsd.config import ami as _ami
@@ -48,6 +48,7 @@ from websmsd.config.web import WebSettings, WebUser
 from websmsd.config.values import resp_check_pattern
 from websmsd.config.websms import OutboundInterface, OutboundSettings
 from websmsd.config.websmsd import InboundInterface, InboundSettings
+from websmsd.record import frozen
 
 __all__ = [
     "ConfigError", "Settings", "load", "loads", "report", "parse_ini", "resp_check_pattern",
@@ -72,7 +73,7 @@ SECTIONS = {
 }
 
 
-@dataclass(frozen=True)
+@frozen
 class Settings:
     """What websms.conf means: one object per section."""
 

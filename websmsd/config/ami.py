@@ -15,12 +15,12 @@ adds no interface to the outbound routes; its routes are `ami:<endpoint>`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any, List, Mapping, Tuple
 
 from websmsd.config.ini import IniSection
 from websmsd.config.reader import _Context, _Key, _keys, _read_section, _values_for
 from websmsd.config.values import _duration
+from websmsd.record import frozen
 
 NAME = "ami"
 KIND = "ami"
@@ -29,7 +29,7 @@ _NO_INDEX = "cannot be indexed: websmsd logs into one Asterisk"
 _HOST = re.compile(r"[A-Za-z0-9_.:-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
 
 
-@dataclass(frozen=True)
+@frozen
 class AMISettings:
     host: str = "127.0.0.1"
     port: int = 5038

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Optional, Tuple
 
 from websmsd.config.ini import IniSection
@@ -11,9 +11,10 @@ from websmsd.config.reader import _Context, _Key, _keys, _read_section, _values_
 from websmsd.config.values import (_archive, _choice, _call_file_value, _count, _directory, _file_mode,
                                    _file_owner, _message_encode, _optional_call_file_value,
                                    _priority)
+from websmsd.record import frozen
 
 
-@dataclass(frozen=True)
+@frozen
 class AstQueueSettings:
     """[astqueue]: how inbound messages become Asterisk call files."""
 

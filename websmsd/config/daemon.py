@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from websmsd.config.ini import IniSection
@@ -15,9 +15,10 @@ from websmsd.config.values import (_duration, _listener, _optional_text, _positi
                                    _size, _text)
 from websmsd.endpoints import parse_endpoint as _parse_endpoint
 from websmsd.net import Network
+from websmsd.record import frozen
 
 
-@dataclass(frozen=True)
+@frozen
 class DaemonSettings:
     """[daemon]: what is new in websmsd (listeners, store, retry policy)."""
 

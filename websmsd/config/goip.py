@@ -29,7 +29,7 @@ refuses to start rather than bind with a system_id or password SMPP cannot carry
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from typing import Any, Dict, List, Optional, Tuple
 
 from websmsd.config.ini import IniSection
@@ -38,6 +38,7 @@ from websmsd.config.reader import (_Context, _convert, _interface_names, _Key, _
 from websmsd.config.values import (_boolean, _choice, _duration, _numbers,
                                    _positive_integer, _single_line, Note)
 from websmsd.endpoints import is_ip
+from websmsd.record import frozen
 
 NAME = "goip"
 KIND = "goip"
@@ -56,7 +57,7 @@ PASSWORD_MAX = 8
 MAX_CHANNEL = 64  # the largest GoIP has 32 lines; the web API takes up to 64
 
 
-@dataclass(frozen=True)
+@frozen
 class GoIPSim:
     """One SIM of a GoIP, as [goip] describes it (field names are the keys)."""
 
@@ -104,7 +105,7 @@ class GoIPSim:
         return self.system_id
 
 
-@dataclass(frozen=True)
+@frozen
 class GoIPSettings:
     """[goip]: the SIMs, and the one UDP listener all `transport = udp` SIMs share."""
 

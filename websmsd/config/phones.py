@@ -17,17 +17,18 @@ one number (ITSPs write the To of a webhook either way).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Dict, List, Optional, Tuple
 
 from websmsd.config.ini import IniSection
 from websmsd.config.reader import _Context, _Key, _keys, _read_interfaces
 from websmsd.config.values import _choice, _numbers
+from websmsd.record import frozen
 
 NOTIFY = ("none", "failed", "all")
 
 
-@dataclass(frozen=True)
+@frozen
 class Phone:
     name: str  # the PJSIP endpoint
     number: Tuple[str, ...] = ()
@@ -36,7 +37,7 @@ class Phone:
     origins: Tuple[Tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
 
-@dataclass(frozen=True)
+@frozen
 class PhonesSettings:
     interfaces: Tuple[Phone, ...] = ()  # one per endpoint (named like interfaces)
 

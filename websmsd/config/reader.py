@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from websmsd.config.ini import ConfigError, IniSection, IniValue, _locate
 from websmsd.config.values import Reader
 from websmsd.itsp import presets
+from websmsd.record import frozen
 
 
 # ---------------------------------------------------------------------------------------
@@ -23,7 +24,7 @@ from websmsd.itsp import presets
 # read as aliases (the current PHP ignores them, leaving the defaults).
 
 
-@dataclass(frozen=True)
+@frozen
 class _Key:
     name: str
     read: Reader
@@ -43,7 +44,7 @@ def _keys(*keys: _Key) -> Dict[str, _Key]:
 # From ini keys to settings.
 
 
-@dataclass(frozen=True)
+@frozen
 class _Read:
     """One value as read: typed, and where it came from."""
 

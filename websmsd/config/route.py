@@ -19,25 +19,25 @@ websmsd.routing (pure).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Mapping, Optional, Tuple
 
 from websmsd.config.ini import IniSection
 from websmsd.config.reader import _Context, _Key, _keys, _read_section, _Setting
 from websmsd.config.values import _boolean, _single_line
+from websmsd.record import frozen
 
 _NOT_INDEXED = "cannot be indexed: it is one setting for all messages"
 _PREFIX = re.compile(r"\+?[0-9]{1,15}")
 
 
-@dataclass(frozen=True)
+@frozen
 class RouteRule:
     name: str
     prefixes: Tuple[str, ...]
     via: Tuple[str, ...]  # interface names, in order
 
 
-@dataclass(frozen=True)
+@frozen
 class RouteSettings:
     rules: Tuple[RouteRule, ...] = ()
     default: Tuple[str, ...] = ()  # interface names; () = the first [websms] interface

@@ -19,7 +19,6 @@ sent, and reads the phone's inbox for received SMS, every `poll` seconds.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 from websmsd.config.ini import IniSection
@@ -27,12 +26,13 @@ from websmsd.config.reader import _Context, _Key, _keys
 from websmsd.config.smssync import _NUMBER_KEY, compact_number, read_phones
 from websmsd.config.values import (Note, _boolean, _duration, _optional_text, _positive_integer,
                                    _single_line)
+from websmsd.record import frozen
 
 NAME = "smsgate"
 KIND = "smsgate"
 
 
-@dataclass(frozen=True)
+@frozen
 class SMSGatePhone:
     name: str
     url: str = ""
@@ -50,7 +50,7 @@ class SMSGatePhone:
         return compact_number(self.number[0]) if self.number else ""
 
 
-@dataclass(frozen=True)
+@frozen
 class SMSGateSettings:
     interfaces: Tuple[SMSGatePhone, ...] = ()
 

@@ -14,7 +14,6 @@ received and the status of those it sends; the answer lists the SMS it is to sen
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 from websmsd.config.ini import IniSection
@@ -22,12 +21,13 @@ from websmsd.config.reader import _Context, _Key, _keys
 from websmsd.config.smssync import (_NUMBER_KEY, _PASSWORD_KEY, _PATH_KEY, _USER_KEY, _label,
                                     compact_number, read_phones)
 from websmsd.config.values import _duration
+from websmsd.record import frozen
 
 NAME = "smsgateway"
 KIND = "smsgateway"
 
 
-@dataclass(frozen=True)
+@frozen
 class SMSGatewayPhone:
     name: str
     number: Tuple[str, ...] = ()
@@ -43,7 +43,7 @@ class SMSGatewayPhone:
         return compact_number(self.number[0]) if self.number else ""
 
 
-@dataclass(frozen=True)
+@frozen
 class SMSGatewaySettings:
     interfaces: Tuple[SMSGatewayPhone, ...] = ()
 

@@ -19,19 +19,19 @@ per phone (default /<section>/<name>), the phone's own number required.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from websmsd.config.ini import IniSection
 from websmsd.config.reader import (_Context, _interface_names, _Key, _keys, _read_section,
                                    _values_for)
 from websmsd.config.values import Note, _boolean, _duration, _numbers, _optional_text, _url_path
+from websmsd.record import frozen
 
 NAME = "smssync"
 KIND = "smssync"
 
 
-@dataclass(frozen=True)
+@frozen
 class SMSsyncPhone:
     name: str
     number: Tuple[str, ...] = ()
@@ -54,7 +54,7 @@ class SMSsyncPhone:
         return compact_number(self.number[0]) if self.number else ""
 
 
-@dataclass(frozen=True)
+@frozen
 class SMSsyncSettings:
     interfaces: Tuple[SMSsyncPhone, ...] = ()
 

@@ -19,13 +19,14 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from websmsd.config.ini import IniSection
 from websmsd.config.phones import PhonesSettings
 from websmsd.config.reader import _Context, _interface_names, _Key, _keys, _read_section
 from websmsd.config.values import _boolean, _duration, _numbers, _single_line
+from websmsd.record import frozen
 
 NAME = "web"
 
@@ -113,7 +114,7 @@ def encode_password_hash(h: ScryptHash) -> str:
     return f"scrypt${h.n}${h.r}${h.p}${b64(h.salt)}${b64(h.key)}"
 
 
-@dataclass(frozen=True)
+@frozen
 class WebUser:
     name: str
     password_hash: str = field(default="", repr=False)  # never in a log line or traceback
@@ -122,7 +123,7 @@ class WebUser:
     all: bool = False  # every own number, as the owner sees them
 
 
-@dataclass(frozen=True)
+@frozen
 class WebSettings:
     users: Tuple[WebUser, ...] = ()
     session: float = DEFAULT_SESSION  # seconds a login lasts

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Mapping, Optional, Tuple
 
 from websmsd.config.ini import IniSection
@@ -12,9 +12,10 @@ from websmsd.config.reader import (_Context, _fields_of, _interface_names, _Key,
 from websmsd.config.values import (_auth_method, _choice, _country, _header_name,
                                    _numbers, _numform, _optional_text, _path, _preset_name, _resp_check,
                                    _text, _url_host, _url_path, _val_static, _val_unicode)
+from websmsd.record import frozen
 
 
-@dataclass(frozen=True)
+@frozen
 class OutboundInterface:
     """One [websms] interface: how to hand an SMS to an ITSP's HTTP API."""
 
@@ -58,7 +59,7 @@ class OutboundInterface:
         return self.url_host + self.url_path
 
 
-@dataclass(frozen=True)
+@frozen
 class OutboundSettings:
     """All of [websms]."""
 

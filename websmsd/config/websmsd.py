@@ -17,9 +17,10 @@ from websmsd.config.values import (SIG_METHODS, _allow_networks, _allow_paths, _
                                    _text)
 from websmsd.itsp import presets
 from websmsd.net import Network, in_networks, parse_address
+from websmsd.record import frozen
 
 
-@dataclass(frozen=True)
+@frozen
 class InboundInterface:
     """One [websmsd] interface: how to read an ITSP's webhook."""
 
@@ -66,7 +67,7 @@ class InboundInterface:
     origins: Tuple[Tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
 
-@dataclass(frozen=True)
+@frozen
 class Selection:
     """The outcome of choosing an inbound interface for one request."""
 
@@ -78,7 +79,7 @@ class Selection:
         return self.interface is not None
 
 
-@dataclass(frozen=True)
+@frozen
 class InboundSettings:
     """All of [websmsd].
 

@@ -24,7 +24,6 @@ timers of the link) must agree between its ports.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from websmsd.config.ini import IniSection
@@ -32,6 +31,7 @@ from websmsd.config.reader import (_Context, _interface_names, _Key, _keys, _Rea
                                    _read_section, _reads_for)
 from websmsd.config.values import (_HOST_NAME, Note, _boolean, _choice, _duration, _is_ip,
                                    _numbers, _optional_text, _single_line, _text)
+from websmsd.record import frozen
 
 NAME = "yeastar"
 KIND = "yeastar"
@@ -80,7 +80,7 @@ def _port_numbers(text: str, note: Note) -> Tuple[str, ...]:
     return numbers
 
 
-@dataclass(frozen=True)
+@frozen
 class YeastarPort:
     """One GSM port of a TG: an interface (route yeastar:<name>)."""
 
@@ -130,7 +130,7 @@ class YeastarPort:
         return self.http_password or self.secret
 
 
-@dataclass(frozen=True)
+@frozen
 class YeastarSettings:
     interfaces: Tuple[YeastarPort, ...] = ()  # one per GSM port, in file order
 

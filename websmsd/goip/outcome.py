@@ -5,11 +5,12 @@ Pure: imports nothing from Twisted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
+from websmsd.record import frozen
 
-@dataclass(frozen=True)
+
+@frozen
 class SendOutcome:
     """The result of one attempt to send one SMS through one GoIP line.
 

@@ -37,10 +37,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from websmsd.goip.outcome import SendOutcome
+from websmsd.record import frozen
 
 # A GoIP packet is a few hundred bytes (a keepalive ~400, one SMS part at most ~700).
 # Anything much larger is not from a GoIP; the cap also bounds the work per datagram.
@@ -70,7 +71,7 @@ class GoIPProtocolError(ValueError):
 # ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class Dialect:
     """The forms that differ between GoIP firmware, documents and clients.
 
@@ -120,7 +121,7 @@ def _safe_fields(fields: Fields) -> Fields:
     return tuple((k, v) for k, v in fields if k.lower() not in _PASSWORD_FIELDS)
 
 
-@dataclass(frozen=True)
+@frozen
 class Keepalive:
     """`req:<count>;id:..;pass:..;...`: a line says it is alive (every 30 s).
 
@@ -147,7 +148,7 @@ class Keepalive:
         return _safe_fields(self.fields)
 
 
-@dataclass(frozen=True)
+@frozen
 class Receive:
     """`RECEIVE:<recvid>;id:..;password:..;srcnum:..;msg:<text>`: an incoming SMS (part).
 
@@ -165,7 +166,7 @@ class Receive:
     fields: Fields = field(default=(), repr=False)
 
 
-@dataclass(frozen=True)
+@frozen
 class Deliver:
     """`DELIVER:<recvid>;id:..;password:..;sms_no:..;state:..;num:..`: a delivery report.
 
@@ -181,7 +182,7 @@ class Deliver:
     fields: Fields = field(default=(), repr=False)
 
 
-@dataclass(frozen=True)
+@frozen
 class Notice:
     """Any other `<KIND>:<recvid>;id:..;password:..;...` packet (STATE, RECORD, REMAIN,
     CELLS, EXPIRY, HANGUP, USSN, BCCH, GSM, AT, ...).  `kind` is upper-cased."""
@@ -204,24 +205,24 @@ class Notice:
         return _safe_fields(self.fields)
 
 
-@dataclass(frozen=True)
+@frozen
 class Answer:
     """Base of the GoIP's answers to server packets; `sendid` names the dialogue."""
 
     sendid: int
 
 
-@dataclass(frozen=True)
+@frozen
 class PasswordPrompt(Answer):
     """`PASSWORD <sendid>`: the GoIP took `MSG` and asks for the password."""
 
 
-@dataclass(frozen=True)
+@frozen
 class SendPrompt(Answer):
     """`SEND <sendid>`: the password was right; numbers may follow."""
 
 
-@dataclass(frozen=True)
+@frozen
 class SendOk(Answer):
     """`OK <sendid> <telid> [<sms_no>]`: the SMS to number `telid` went out.
 
@@ -231,14 +232,14 @@ class SendOk(Answer):
     sms_no: Optional[str] = None
 
 
-@dataclass(frozen=True)
+@frozen
 class SendWait(Answer):
     """`WAIT <sendid> <telid>`: still sending; ask again in a few seconds."""
 
     telid: int = 0
 
 
-@dataclass(frozen=True)
+@frozen
 class ErrorAnswer(Answer):
     """`ERROR <sendid> <detail>`.  Which step it refuses depends on the dialogue's state:
 
@@ -263,31 +264,31 @@ class ErrorAnswer(Answer):
         return self.detail.strip().upper() == "PASSWORD"
 
 
-@dataclass(frozen=True)
+@frozen
 class DoneAnswer(Answer):
     """`DONE <sendid>`: the GoIP released the session."""
 
 
-@dataclass(frozen=True)
+@frozen
 class UssdReply(Answer):
     """`USSD <sendid> <text>`: the network's answer to a USSD request."""
 
     text: str = ""
 
 
-@dataclass(frozen=True)
+@frozen
 class UssdFailed(Answer):
     """`USSDERROR <sendid> <message>`."""
 
     message: str = ""
 
 
-@dataclass(frozen=True)
+@frozen
 class UssdExited(Answer):
     """`USSDEXIT <sendid>`: the USSD dialogue was closed (by the network or on request)."""
 
 
-@dataclass(frozen=True)
+@frozen
 class CommandReply(Answer):
     """Any other `<word> <sendid> [...]` (answers to get_gsm_num, CFOK and the like)."""
 
@@ -295,7 +296,7 @@ class CommandReply(Answer):
     detail: str = ""
 
 
-@dataclass(frozen=True)
+@frozen
 class Garbage:
     """A datagram that is not a GoIP packet; `reason` says why, `data` starts it."""
 

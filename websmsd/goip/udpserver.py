@@ -30,7 +30,6 @@ from __future__ import annotations
 import hmac
 import random
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from twisted.internet import defer
@@ -39,11 +38,12 @@ from twisted.logger import Logger
 
 from websmsd.goip import udp
 from websmsd.goip.outcome import SendOutcome, UssdError
+from websmsd.record import frozen
 
 Address = Tuple[str, int]
 
 
-@dataclass(frozen=True)
+@frozen
 class LineStatus:
     """What the status page shows for one GoIP line (times are clock seconds)."""
 

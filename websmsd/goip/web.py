@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import base64
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Dict, Optional, Tuple
 from urllib.parse import quote, urlencode, urlsplit
+
+from websmsd.record import frozen
 
 SEND_PATH = "/default/en_US/send.html"
 STATUS_PATH = "/default/en_US/send_status.xml"
@@ -54,7 +56,7 @@ class WebAPIError(ValueError):
     """A request cannot be built, or an answer is not one the GoIP gives."""
 
 
-@dataclass(frozen=True)
+@frozen
 class WebRequest:
     """One HTTP request to a GoIP.  `url` and `headers` carry credentials and are kept
     out of repr; log `log_url` (no query, no credentials)."""
@@ -73,7 +75,7 @@ class WebRequest:
         return urlencode(self.form, quote_via=quote, safe="").encode("ascii")
 
 
-@dataclass(frozen=True)
+@frozen
 class SendAnswer:
     """What send.html said.  kind ACCEPTED: line, number and smskey are set; otherwise
     `error` holds the GoIP's text (one printable line) and kind says what it means."""
@@ -89,7 +91,7 @@ class SendAnswer:
         return self.kind == ACCEPTED
 
 
-@dataclass(frozen=True)
+@frozen
 class LineJob:
     """The last job of one line in send_status.xml ("" for empty tags)."""
 

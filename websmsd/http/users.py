@@ -36,6 +36,7 @@ from websmsd.config.web import (USER_NAME, ScryptHash, WebSettings, WebUser, enc
                                 parse_password_hash, user_numbers)
 from websmsd.numbers import number_key
 from websmsd.text import escape_controls, shorten
+from websmsd.record import frozen
 
 __all__ = ["COOKIE", "OWNER", "Users", "Viewer", "hash_password", "verify_password"]
 
@@ -113,7 +114,7 @@ def verify_password(password: str, stored: str) -> bool:
 # -- who sees what -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class Viewer:
     name: str  # "owner" for the owner's access, else the user name
     # The own numbers (websmsd.numbers.number_key) this viewer may see and send from;

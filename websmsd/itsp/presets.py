@@ -20,9 +20,11 @@ Pure Python, no Twisted, no I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Dict, Mapping, Optional, Tuple
 from urllib.parse import quote
+
+from websmsd.record import frozen
 
 __all__ = ["Preset", "PRESETS", "NAMES", "AUTH_USER", "get", "fill"]
 
@@ -40,7 +42,7 @@ OWNER_KEYS = {
 }
 
 
-@dataclass(frozen=True)
+@frozen
 class Preset:
     name: str
     title: str

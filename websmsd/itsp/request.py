@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, MutableMapping, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
@@ -25,6 +25,7 @@ from websmsd import __version__
 from websmsd.itsp.phpcompat import (Pairs, _items, has_surrogates, http_build_query, php_ksort,
                                     to_bytes, urlencode)
 from websmsd.text import escape_controls
+from websmsd.record import frozen
 
 if TYPE_CHECKING:  # config reads this module to check request shapes: no cycle
     from websmsd.config.websms import OutboundInterface
@@ -68,7 +69,7 @@ class InvalidNumber(RequestError):
     again would fail again, so the attempt fails for good (no request is sent)."""
 
 
-@dataclass(frozen=True)
+@frozen
 class OutboundRequest:
     """One HTTP request for an ITSP, ready to be put on the wire.
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 from websmsd.channel import Outcome
@@ -19,6 +18,7 @@ from websmsd.config.websms import OutboundInterface
 from websmsd.itsp.phpcompat import _WS, to_bytes, urlencode
 from websmsd.itsp.request import _INDEX, _php_empty, safe_url
 from websmsd.text import escape_controls
+from websmsd.record import frozen
 
 
 EXCERPT_CHARS = 120
@@ -103,7 +103,7 @@ def _json_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-@dataclass(frozen=True)
+@frozen
 class _Verdict:
     ok: bool
     detail: str

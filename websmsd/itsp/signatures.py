@@ -60,9 +60,10 @@ import functools
 import hashlib
 import hmac
 import json
-from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import parse_qs, parse_qsl, urlsplit, urlunsplit
+
+from websmsd.record import frozen
 
 __all__ = [
     "METHODS",
@@ -86,7 +87,7 @@ class SignatureError(ValueError):
     """The request's signature is missing or wrong; str() says why in one line."""
 
 
-@dataclass(frozen=True)
+@frozen
 class Signed:
     """What a valid signature vouches for: the only parts a message may be read from.
 

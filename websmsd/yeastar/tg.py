@@ -30,9 +30,11 @@ from __future__ import annotations
 import contextlib
 import re
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple, Union
 from urllib.parse import quote
+
+from websmsd.record import frozen
 
 __all__ = [
     "YeastarError", "BadEvent", "ReceivedPart", "ReceivedSMS", "Reassembler", "SendUpdate",
@@ -170,7 +172,7 @@ def _clean_line(text: str, limit: int) -> str:
 # Events
 # ---------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@frozen
 class BadEvent:
     """An event that cannot be used, with a one-line reason (the value; never raised)."""
 
@@ -260,7 +262,7 @@ MAX_CONTENT = 4096
 MAX_PARTS = 255
 
 
-@dataclass(frozen=True)
+@frozen
 class ReceivedPart:
     """One `ReceivedSMS` event, decoded.
 
@@ -348,7 +350,7 @@ def _received(f: Dict[str, str]) -> ReceivedPart:
                         damaged=damaged or bad_utf8, units=units)
 
 
-@dataclass(frozen=True)
+@frozen
 class ReceivedSMS:
     """A whole message (or, when `complete` is False, what arrived of one).
 

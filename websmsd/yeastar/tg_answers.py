@@ -13,10 +13,10 @@ Facts behind the code are in /work/shared/goip-yeastar.md (Yeastar part).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from .tg import SPAN_OFFSET, _clean_line, _output_text
+from websmsd.record import frozen
 
 
 # ---------------------------------------------------------------------------------------
@@ -24,7 +24,7 @@ from .tg import SPAN_OFFSET, _clean_line, _output_text
 # ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class UssdResult:
     """The answer to a USSD request.
 
@@ -115,7 +115,7 @@ _KNOWN_FLAGS = {_POWER_ON, _POWER_OFF, "provisioned", "unprovisioned", "active",
                 "standard", "in alarm"}
 
 
-@dataclass(frozen=True)
+@frozen
 class SpanStatus:
     """One span's status line: `Power on, Provisioned, Up, Active,Standard`.
 
@@ -166,7 +166,7 @@ def parse_spans(output: Any) -> List[SpanStatus]:
     return spans
 
 
-@dataclass(frozen=True)
+@frozen
 class SpanInfo:
     """The output of `gsm show span N`.
 
@@ -233,7 +233,7 @@ def parse_span(output: Any) -> Optional[SpanInfo]:
         state=lower.get("state", ""), last_event=lower.get("last event", ""), fields=fields)
 
 
-@dataclass(frozen=True)
+@frozen
 class HttpAnswer:
     """An HTTP answer as far as it could be read: `status` is None without a status line."""
 
