@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 PORT = re.compile(r"[0-9]{1,5}")
 
@@ -142,3 +142,17 @@ def client_address(description: str) -> Tuple[str, int]:
     elif host == "::":
         host = "::1"
     return host, int(given["port"])
+
+
+def tcp_client(reactor: Any, host: str, port: int, timeout: float = 30) -> Any:
+    """A Twisted client endpoint to host:port.  An IP address connects as it is; a name
+    goes through HostnameEndpoint (both address families, the first that answers).
+    HostnameEndpoint would look up an address too, with getaddrinfo in a thread of the
+    reactor's pool: a thread each (kept, with its memory) for nothing."""
+    from twisted.internet import endpoints
+
+    if is_ip(host, 4):
+        return endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    if is_ip(host, 6):
+        return endpoints.TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+    return endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)

@@ -64,9 +64,9 @@ def build(wiring: Any, settings: GoIPSettings) -> None:
 
 
 def _endpoint(wiring: Any, sim: GoIPSim) -> Any:
-    from twisted.internet.endpoints import HostnameEndpoint
+    from websmsd.endpoints import tcp_client
 
-    return HostnameEndpoint(wiring.reactor, sim.smpp_host, sim.smpp_port, timeout=30)
+    return tcp_client(wiring.reactor, sim.smpp_host, sim.smpp_port, timeout=30)
 
 
 def _web_client(wiring: Any, sim: GoIPSim, clients: Dict[Tuple, Any]) -> Any:

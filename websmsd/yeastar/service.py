@@ -123,7 +123,7 @@ class TGLink(service.MultiService):
                 state.webcgi = self._webcgi(p, webcgi_endpoint)
             self.ports[p.port] = state
         if connect is None:
-            connect = self._hostname_endpoint
+            connect = self._tcp_endpoint
         endpoint = connect(first.host, first.ami_port, first.action_timeout)
         self.ami = AMIClient(
             reactor, endpoint, first.username, first.secret, events="on",
@@ -152,10 +152,10 @@ class TGLink(service.MultiService):
         self._status_loop: Optional[task.LoopingCall] = None
         self.refreshes = 0
 
-    def _hostname_endpoint(self, host: str, port: int, timeout: float) -> Any:
-        from twisted.internet.endpoints import HostnameEndpoint
+    def _tcp_endpoint(self, host: str, port: int, timeout: float) -> Any:
+        from websmsd.endpoints import tcp_client
 
-        return HostnameEndpoint(self.reactor, host, port, timeout=max(1, int(timeout)))
+        return tcp_client(self.reactor, host, port, timeout=max(1, int(timeout)))
 
     def _webcgi(self, p: YeastarPort, endpoint_for: Optional[Callable[[YeastarPort], Any]]) -> Any:
         from websmsd.yeastar.webcgi import WebCGIClient

@@ -129,15 +129,10 @@ class WebCGIClient:
 
     def _make_endpoint(self, tls_options: Any) -> Any:
         from twisted.internet import endpoints
-        from twisted.internet.abstract import isIPAddress, isIPv6Address
 
-        connect_timeout = max(1, int(self.timeout))
-        if isIPv6Address(self.host):
-            endpoint = endpoints.TCP6ClientEndpoint(self.reactor, self.host, self.port, timeout=connect_timeout)
-        elif isIPAddress(self.host):
-            endpoint = endpoints.TCP4ClientEndpoint(self.reactor, self.host, self.port, timeout=connect_timeout)
-        else:
-            endpoint = endpoints.HostnameEndpoint(self.reactor, self.host, self.port, timeout=connect_timeout)
+        from websmsd.endpoints import tcp_client
+
+        endpoint = tcp_client(self.reactor, self.host, self.port, timeout=max(1, int(self.timeout)))
         if self.tls:
             if tls_options is None:
                 from twisted.internet.ssl import optionsForClientTLS
