@@ -11,6 +11,7 @@ from pathlib import Path
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 
 from websmsd.http.ondemand import OnFirstConnection
@@ -64,7 +65,7 @@ def test_a_listener_stopped_before_any_connection_builds_nothing():
     assert built == [] and lazy.factory is None
 
 
-def test_a_failed_build_refuses_that_connection_and_is_tried_again():
+def test_a_failed_build_answers_503_and_is_tried_again():
     calls = []
     events = []
 
@@ -78,10 +79,19 @@ def test_a_failed_build_refuses_that_connection_and_is_tried_again():
     lazy.doStart()
     globalLogPublisher.addObserver(events.append)
     try:
-        assert lazy.buildProtocol(ADDR) is None  # the port closes this one connection
+        refused = lazy.buildProtocol(ADDR)
     finally:
         globalLogPublisher.removeObserver(events.append)
     assert lazy.factory is None
+    # That connection gets a 503 once its request's head is in, then the close.
+    transport = StringTransport()
+    refused.makeConnection(transport)
+    refused.dataReceived(b"GET / HTTP/1.1\r\nHost: pbx\r\n")
+    assert transport.value() == b""
+    refused.dataReceived(b"\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert transport.value().endswith(b"\r\n\r\n" + refused.BODY)
+    assert transport.disconnecting
     assert any(e.get("log_failure") is not None and "web/" in str(e["log_failure"].value)
                for e in events)
     assert isinstance(lazy.buildProtocol(ADDR), Protocol)

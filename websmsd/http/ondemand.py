@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from twisted.internet.interfaces import IProtocolFactory, IProtocolNegotiationFactory
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -57,12 +58,34 @@ class OnFirstConnection:
             try:
                 factory = self._build()
             except Exception:
-                # Refuse this connection (closed at once) and try again with the next:
-                # an exception out of buildProtocol would stop the port listening.
-                log.failure("{name}: cannot be built; connection refused", name=self._name)
-                return None
+                # Answer this connection 503 and try again with the next.  Not None: a
+                # TLS listener's wrapper would wrap None and fail in the port, which
+                # then stops listening.
+                log.failure("{name}: cannot be built; answered 503", name=self._name)
+                return _Unavailable()
             self.factory = factory
             log.info("{name}: built for its first connection", name=self._name)
             for _ in range(self._ports):
                 factory.doStart()
         return factory.buildProtocol(addr)
+
+
+class _Unavailable(Protocol):
+    """Reads the request's head (at most 16 KiB), answers 503 and closes: the client
+    reads the answer instead of a reset for an unread request."""
+
+    BODY = b"unavailable: it could not be built (see the daemon's log)\n"
+    ANSWER = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+              b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(BODY), BODY))
+
+    def __init__(self) -> None:
+        self._head = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._head is None:
+            return
+        self._head += data
+        if b"\r\n\r\n" in self._head or b"\n\n" in self._head or len(self._head) > 16384:
+            self._head = None
+            self.transport.write(self.ANSWER)
+            self.transport.loseConnection()
