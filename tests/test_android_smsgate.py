@@ -1073,35 +1073,3 @@ def _wire_main():  # pragma: no cover - runs in the child process
 
 if __name__ == "__main__" and sys.argv[1:] == ["--wire"]:
     _wire_main()
-
-
-def test_agent_requests_is_treqs_request_on_an_agent():
-    # The daemon's SMS Gateway client goes straight to a twisted.web Agent (Debian's
-    # treq imports requests: ~5 MB of RSS for nothing the client uses).
-    from twisted.internet.testing import StringTransport
-    from twisted.web.http_headers import Headers
-
-    from websmsd.android.smsgate_client import AgentRequests
-
-    calls = []
-
-    class Agent:
-        def request(self, method, uri, headers=None, bodyProducer=None):
-            calls.append((method, uri, headers, bodyProducer))
-            return "response"
-
-    headers = Headers({b"Authorization": [b"Basic eDp5"]})
-    client = AgentRequests(Agent())
-    assert client.request("POST", "https://phone.lan:8080/message?x=1", headers=headers,
-                          data=b'{"a": 1}', allow_redirects=False, unbuffered=True) == "response"
-    method, uri, sent_headers, producer = calls[0]
-    assert (method, uri, sent_headers) == (b"POST", b"https://phone.lan:8080/message?x=1", headers)
-    assert producer.length == 8
-    consumer = StringTransport()
-    done = []
-    producer.startProducing(consumer).addCallback(done.append)
-    assert consumer.value() == b'{"a": 1}' and done == [None]
-    client.request("GET", "http://phone.lan/health", headers=headers)
-    assert calls[1][3] is None  # no body, no producer
-    with pytest.raises(ValueError):
-        client.request("GET", "http://phone.lan/", headers=headers, allow_redirects=True)

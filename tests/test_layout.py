@@ -144,16 +144,20 @@ def test_the_store_knows_no_channel_and_only_service_knows_them_all():
         assert len(every) <= 1 or module.split(".")[1] in ("tap", "cli"), (module, every)
 
 
-def test_what_runs_from_the_start_leaves_twisted_web_server_to_the_status_page():
+def test_what_runs_from_the_start_leaves_twisted_web_server_and_client_out():
     # twisted.web.server (with twisted.spread: ~2 MB on a Pi) is imported by the status
     # page's Site, built with its first connection (websmsd.http.ondemand); the webhook
     # listener, the channels and the wiring do without it.
+    # Nor twisted.web's client (websmsd.http.oneshot polls SMS Gateway for Android).
     for module in ["websmsd.service", "websmsd.http.leanhttp", "websmsd.http.site",
-                   "websmsd.http.ondemand", "websmsd.itsp.webhook"] + sorted(
+                   "websmsd.http.ondemand", "websmsd.http.oneshot",
+                   "websmsd.itsp.webhook"] + sorted(
                        m for m in GRAPH if m.split(".")[1:2] and m.split(".")[1] in CHANNELS):
         heavy = sorted(d for d in _closure(module)
                        if d.startswith(("twisted.web.server", "twisted.web.http.",
-                                        "twisted.spread")) or d == "twisted.web.http")
+                                        "twisted.spread", "twisted.web.client",
+                                        "twisted.web._newclient"))
+                       or d == "twisted.web.http")
         assert not heavy, (module, heavy)
 
 

@@ -1,4 +1,4 @@
-"""SMS Gateway for Android, Local Server mode: websmsd's HTTP client (treq).
+"""SMS Gateway for Android, Local Server mode: websmsd's HTTP client.
 
 A thin client over the pure protocol (`websmsd.android.smsgate`) and inbox reader
 (`websmsd.android.smsgate_inbox`).  Twisted is imported lazily, only when a client is
@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 class SMSGateClient:
     """websmsd's HTTP client for one phone running SMS Gateway for Android (Local Server).
 
-    `treq_like`: treq itself, a `treq.HTTPClient`, or `treq.testing.StubTreq` (anything
-    with treq's ``request(method, url, headers=, data=, unbuffered=True)``).
+    `treq_like`: anything with treq's ``request(method, url, headers=, data=,
+    unbuffered=True)``: the daemon gives websmsd.http.oneshot.OneShot (its answers come
+    read whole), tests `treq.testing.StubTreq`; treq itself would do.
     `base_url`: ``http://phone:8080`` (a path prefix is kept).  `clock`: the reactor, or a
     `task.Clock` in tests; every request is cancelled after `timeout` seconds.
 
@@ -82,22 +83,32 @@ class SMSGateClient:
             return f"DNS lookup failed for {self._where}"
         if name == "NoRouteError":
             return f"no route to {self._where}"
-        if name in ("ResponseNeverReceived", "RequestTransmissionFailed", "RequestNotSent"):
+        if name in ("ResponseNeverReceived", "RequestTransmissionFailed", "RequestNotSent",
+                    "NoAnswer"):
             return f"{self._where} closed the connection without answering"
-        if name == "ResponseFailed":
+        if name in ("ResponseFailed", "ResponseError"):
             return f"the answer from {self._where} broke off"
         return f"cannot reach {self._where} ({one_line(name, 40)})"
 
     def _is_network(self, exc: BaseException) -> bool:
+        import sys
+
         from twisted.internet import error as net_error
-        from twisted.web import client as web_client
+
+        from websmsd.http.h1response import ResponseError
 
         if isinstance(exc, (net_error.ConnectError, net_error.ConnectionLost, net_error.ConnectionDone,
-                            net_error.DNSLookupError, net_error.TimeoutError, OSError)):
+                            net_error.DNSLookupError, net_error.TimeoutError, OSError, ResponseError)):
             return True
-        return any(isinstance(exc, getattr(web_client, n)) for n in
-                   ("ResponseNeverReceived", "ResponseFailed", "RequestTransmissionFailed", "RequestNotSent")
-                   if hasattr(web_client, n))
+        if type(exc).__module__.split(".")[0] in ("OpenSSL", "service_identity"):
+            return True  # TLS: the handshake, the certificate or its name failed
+        # twisted.web's Agent (treq): its wrappers, if it is what this client runs on
+        # (never imported here for the question).
+        web_client = sys.modules.get("twisted.web.client")
+        return web_client is not None and any(
+            isinstance(exc, getattr(web_client, n)) for n in
+            ("ResponseNeverReceived", "ResponseFailed", "RequestTransmissionFailed", "RequestNotSent")
+            if hasattr(web_client, n))
 
     async def _call(self, method: str, path: str, body: Optional[bytes] = None) -> Tuple[int, Any, bytes, bool]:
         """(status, headers, body, truncated); SMSGateError(down=True) when no answer came."""
@@ -118,8 +129,13 @@ class SMSGateClient:
                 allow_redirects=False, unbuffered=True,
             )
             response = await state["step"]
-            state["step"] = _read_body(response, self._max_response)
-            content, truncated = await state["step"]
+            if isinstance(getattr(response, "content", None), bytes):
+                # websmsd.http.oneshot's Answer: read whole already (treq's content is a
+                # method)
+                content, truncated = response.content, response.truncated
+            else:
+                state["step"] = _read_body(response, self._max_response)
+                content, truncated = await state["step"]
         except defer.CancelledError:
             if state["timed_out"]:
                 raise SMSGateError(f"no answer from {self._where} within {self._timeout:g} s", down=True) from None
@@ -317,48 +333,4 @@ def _read_body(response: Any, limit: int) -> Any:
     return finished
 
 
-class AgentRequests:
-    """treq's ``request()`` as SMSGateClient calls it, straight on a twisted.web Agent.
-
-    The client needs nothing treq adds (its headers are a Headers already, it reads the
-    raw response, it follows no redirects and keeps no cookies), and Debian bookworm's
-    treq 22.2 imports `requests`: ~5 MB of RSS for a phone polled every few seconds
-    (issue #18).  TLS is the Agent's: certificates verified (BrowserLikePolicyForHTTPS).
-    """
-
-    def __init__(self, agent: Any) -> None:
-        self._agent = agent
-
-    def request(self, method: str, url: str, *, headers: Any = None,
-                data: Optional[bytes] = None, allow_redirects: bool = False,
-                unbuffered: bool = True) -> Any:
-        if allow_redirects or not unbuffered:
-            raise ValueError("AgentRequests follows no redirects and buffers nothing")
-        body = None if data is None else _BytesProducer(data)
-        return self._agent.request(method.encode("ascii"), url.encode("utf-8"), headers, body)
-
-
-class _BytesProducer:
-    """An IBodyProducer of a request body already in memory (its length known)."""
-
-    def __init__(self, data: bytes) -> None:
-        self.body = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: Any) -> Any:
-        from twisted.internet import defer
-
-        consumer.write(self.body)
-        return defer.succeed(None)
-
-    def pauseProducing(self) -> None:
-        """Nothing to pause: the body was written whole by startProducing."""
-
-    def resumeProducing(self) -> None:
-        """Nothing to resume: the body was written whole by startProducing."""
-
-    def stopProducing(self) -> None:
-        """Nothing to stop: the body was written whole by startProducing."""
-
-
-__all__ = ["AgentRequests", "SMSGateClient"]
+__all__ = ["SMSGateClient"]
