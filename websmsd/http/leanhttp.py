@@ -12,7 +12,7 @@ content, requestHeaders/getHeader, getClientAddress, isSecure, setResponseCode,
 setHeader, write, finish, finished, notifyFinish.  `WEBSMSD_HTTP=twisted` in the
 environment serves the listener with twisted.web instead (websmsd.service).
 
-What it keeps from websmsd.http.site's twisted.web path: bodies over max_body refused
+What it keeps from the twisted.web path (websmsd.http.twsite): bodies over max_body refused
 with 413 before they are buffered (Content-Length and chunked alike), framing errors
 answered with a one-line reason and counted as refusals, an early refusal half-closed and
 drained so that the client reads it, no access-log line per request.  Timeouts: a

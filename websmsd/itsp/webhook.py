@@ -509,7 +509,8 @@ class WebhookResource(Resource):
         record_refusal(self.metrics, self._now(), kind, status, source, path, reason)
 
     def refused_early(self, request, status: int, kind: str, path: bytes, reason: str) -> None:
-        """Called by WebhookRequest when it refused a request before it was rendered."""
+        """Called by the HTTP server (twsite.WebhookRequest, leanhttp) when it refused a
+        request before any resource rendered it."""
         self.record_refusal(
             kind, status, self.client_of(request), path.partition(b"?")[0].decode("latin-1"), reason
         )
