@@ -100,6 +100,11 @@ def test_a_body_over_the_limit_is_cut_and_marked():
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n",
+    # websmsd.http.h1's grammar for requests holds for answers too:
+    b"HTTP/1.1 200 OK\r\nX: a\nb\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;x=\x01\r\nab\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x2\r\nab\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"0" * 17 + b"2\r\nab\r\n",
 ])
 def test_malformed_answers_are_errors(answer):
     with pytest.raises(ResponseError):
@@ -137,7 +142,8 @@ def test_the_request_bytes():
     assert body == b'{"a":1}'
     assert b"Content-Length" not in _request_bytes("GET", "/health", "phone", None, None)
     for bad in (("GET", "/x y", "phone"), ("GET", "/x\r\nEvil: 1", "phone"),
-                ("GET\r\n", "/", "phone"), ("GET", "/", "phone\r\nX: 1")):
+                ("GET\r\n", "/", "phone"), ("GET", "/", "phone\r\nX: 1"),
+                ("G(T", "/", "phone"), ("GET", "", "phone"), ("GET", "/é", "phone")):
         with pytest.raises(ValueError):
             _request_bytes(*bad, None, None)
     # A header value cannot add a line (Headers turns CR and LF into spaces; the client

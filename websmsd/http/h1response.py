@@ -19,9 +19,12 @@ from typing import List, Optional, Tuple
 
 __all__ = ["ResponseReader", "ResponseError", "NoAnswer"]
 
+from websmsd.http.h1 import _CTL, _HEX, _MAX_CHUNK_DIGITS, _is_token
+
+# The grammar is websmsd.http.h1's (tokens, control characters, chunk sizes): requests
+# and answers are held to the same rules.
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\r\n]*))?")
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[^\r\n]*)?")
+_BAD_IN_LINE = _CTL + b"\r\n"  # a bare CR or LF left inside a line counts too
 
 
 class ResponseError(Exception):
@@ -102,10 +105,10 @@ class ResponseReader:
         headers = []
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
-            if not colon or not _TOKEN.fullmatch(name):
+            if not colon or not _is_token(name):
                 raise ResponseError("a malformed header line in the answer")
             value = value.strip(b" \t")
-            if any(c < 0x20 and c != 0x09 or c == 0x7F for c in value):
+            if value.translate(None, _BAD_IN_LINE) != value:
                 raise ResponseError("a control character in an answer header")
             headers.append((name.lower(), value))
         return int(m.group(2)), m.group(3) or b"", headers
@@ -152,10 +155,13 @@ class ResponseReader:
                 if len(buf) > 1024:
                     raise ResponseError("a chunk size line over 1 KiB")
                 return False
-            m = _CHUNK_SIZE.fullmatch(bytes(buf[:line_end]))
-            if m is None:
+            digits, semi, extensions = bytes(buf[:line_end]).partition(b";")
+            if semi:
+                digits = digits.rstrip(b" \t")  # extensions are ignored
+            if (not digits or digits.translate(None, _HEX) or len(digits) > _MAX_CHUNK_DIGITS
+                    or extensions.translate(None, _BAD_IN_LINE) != extensions):
                 raise ResponseError("a malformed chunk size in the answer")
-            size = int(m.group(1), 16)
+            size = int(digits, 16)
             if size == 0:
                 # Then the trailers (dropped), which end with an empty line.
                 rest = line_end + 2

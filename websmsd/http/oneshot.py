@@ -17,7 +17,6 @@ headers, content, truncated) or fails with a connection error, `NoAnswer` or
 
 from __future__ import annotations
 
-import re
 from typing import Any, List, Optional, Tuple
 from urllib.parse import urlsplit
 
@@ -26,11 +25,11 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.web.http_headers import Headers
 
 from websmsd.endpoints import tcp_client
-from websmsd.http.h1response import NoAnswer, ResponseError, ResponseReader
+from websmsd.http.h1 import _TARGET_BAD, _is_token
+from websmsd.http.h1response import _BAD_IN_LINE, NoAnswer, ResponseError, ResponseReader
 
 __all__ = ["OneShot", "Answer", "NoAnswer", "ResponseError"]
 
-_CLEAN = re.compile(rb"[^\x00-\x20\x7f]+")
 
 
 class Answer:
@@ -150,17 +149,17 @@ def _request_bytes(method: str, target: str, authority: str, headers: Optional[H
                    data: Optional[bytes]) -> bytes:
     """The request's bytes; ValueError for anything that could split it (CR, LF, space
     in the request line; a control character in a header)."""
-    line = f"{method} {target} HTTP/1.1".encode("ascii")
-    if not _CLEAN.fullmatch(method.encode("ascii")) or not _CLEAN.fullmatch(
-            target.encode("ascii")) or not _CLEAN.fullmatch(authority.encode("ascii")):
+    verb, path, host = (part.encode("ascii") for part in (method, target, authority))
+    if not _is_token(verb) or any(not part or part.translate(None, _TARGET_BAD) != part
+                                  for part in (path, host)):
         raise ValueError("a request line that would not be one line")
-    out = [line, b"Host: " + authority.encode("ascii"), b"Connection: close"]
+    out = [b"%s %s HTTP/1.1" % (verb, path), b"Host: " + host, b"Connection: close"]
     if headers is not None:
         for name, values in headers.getAllRawHeaders():
             if name.lower() in (b"host", b"connection", b"content-length"):
                 continue
             for value in values:
-                if any(c < 0x20 and c != 0x09 or c == 0x7F for c in value):
+                if value.translate(None, _BAD_IN_LINE) != value:
                     raise ValueError("a control character in a request header")
                 out.append(name + b": " + value)
     if data is not None or method in ("POST", "PUT", "PATCH"):
