@@ -42,7 +42,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,6 +97,7 @@ class Run:
         self.rss_idle_text = ""
         self.rss_after: Optional[float] = None
         self.disk = ""  # what a call file costs the file system of its spool
+        self.fill: Optional[tuple] = None  # (webhooks, CPU ms each, WAL MB): fill_store()
 
     @property
     def best(self) -> dict:
@@ -112,9 +113,10 @@ class Run:
 
 
 def measure(run: Run, pid: int, port: int, base: Path, a, *, outgoing: Optional[Path],
-            acked: List[str], repeat: int, **load) -> None:
-    """`repeat` load runs against one server; each waits for its call files (if any)."""
-    for i in range(repeat):
+            acked: List[str], repeat: int, first: int = 0, **load) -> None:
+    """`repeat` load runs against one server; each waits for its call files (if any).
+    `first`: the number of the first run (tokens are unique per run number)."""
+    for i in range(first, first + repeat):
         waited = c.wait_quiet(a.quiet_wait)
         cpu0 = c.cpu_seconds(pid)
         r = c.loadgen(port, base, prefix=f"r{i}n", **load)
@@ -146,54 +148,159 @@ def cpu_per_request(run: Run) -> float:
     return sum(r["cpu_server"]["total"] for r in run.runs) * 1000.0 / ok if ok else float("nan")
 
 
-def run_websmsd(base: Path, a, label: str, *, repeat: int, warmup: int = 300,
-                **load) -> Run:
-    run = Run(label)
-    d = c.Daemon(base / f"d-{label}")
-    run.disk = c.file_cost_text(d.outgoing.parent)
-    d.start()
-    try:
-        time.sleep(1.0)  # let start-up settle before the idle figure
-        run.rss_idle = c.rss_total(d.proc.pid)
-        run.rss_idle_text = c.rss_text(d.proc.pid)
-        acked: List[str] = []
-        if warmup:
-            w = c.loadgen(d.webhook_port, base, count=warmup, conns=a.conns,
+def pair_ratios(mine: Run, bare: Run) -> str:
+    """websmsd's CPU per request over the bare resource's, run by run (taken in turns)."""
+    ratios = []
+    for m, b in zip(mine.runs, bare.runs):
+        if m["ok"] and b["ok"] and b["cpu_server"]["total"]:
+            ratios.append((m["cpu_server"]["total"] / m["ok"])
+                          / (b["cpu_server"]["total"] / b["ok"]))
+    return "run by run " + " ".join(f"{r:.2f}x" for r in ratios) if ratios else "no pairs"
+
+
+def fill_store(run: Run, d, base: Path, a, acked: List[str], load: dict,
+               step: int = 1000, most: int = 12) -> None:
+    """Webhooks until the store's write-ahead log stops growing, so that the runs measure
+    the daemon as it runs for months, not a store's first hours.
+
+    SQLite's WAL grows to ~4 MB (its checkpoint size) once per store and is overwritten
+    from then on: until then every commit extends the file, and its fdatasync then also
+    commits the file system's metadata.  On this machine the first 5,000 webhooks on a new
+    store cost 0.54 ms of CPU each, the next ones 0.36.  What the fill costs is printed.
+    """
+    wal = Path(str(d.store) + "-wal")
+
+    def size() -> int:
+        return wal.stat().st_size if wal.exists() else 0
+
+    cpu0, sent = c.cpu_seconds(d.proc.pid), 0
+    for i in range(most):
+        before = size()
+        w = c.loadgen(d.webhook_port, base, count=step, conns=a.conns,
+                      kind=load.get("kind", "form"), close=load.get("close", False),
+                      prefix=f"fill{i}n")
+        acked += w["acked"]
+        sent += w["ok"]
+        c.wait_callfiles(d.outgoing, len(acked), timeout=60)
+        if 0 < size() <= before:
+            break
+    cpu = c.cpu_delta(cpu0, c.cpu_seconds(d.proc.pid))["total"]
+    run.fill = (sent, 1000.0 * cpu / sent if sent else float("nan"), size() / 1e6)
+
+
+class WebsmsdServer:
+    """websmsd under test: started, warmed up (and its store filled, see fill_store) on
+    entering; `run(i)` is one measured run; the check and the RSS on leaving."""
+
+    def __init__(self, base: Path, a, label: str, warmup: int = 300, **load):
+        self.base, self.a, self.load, self.warmup = base, a, load, warmup
+        self.run = Run(label)
+        self.d = c.Daemon(base / f"d-{label}")
+        self.acked: List[str] = []
+
+    def __enter__(self) -> "WebsmsdServer":
+        run, d, a, load = self.run, self.d, self.a, self.load
+        run.disk = c.file_cost_text(d.outgoing.parent)
+        d.start()
+        try:
+            time.sleep(1.0)  # let start-up settle before the idle figure
+            run.rss_idle = c.rss_total(d.proc.pid)
+            run.rss_idle_text = c.rss_text(d.proc.pid)
+            if self.warmup:
+                w = c.loadgen(d.webhook_port, self.base, count=self.warmup, conns=a.conns,
+                              kind=load.get("kind", "form"), close=load.get("close", False),
+                              prefix="warm")
+                self.acked += w["acked"]
+                c.wait_callfiles(d.outgoing, len(self.acked), timeout=30)
+            if getattr(a, "fill_store", False):
+                fill_store(run, d, self.base, a, self.acked, load)
+        except BaseException:
+            d.stop()
+            raise
+        return self
+
+    def measure(self, first: int, repeat: int = 1) -> None:
+        d = self.d
+        measure(self.run, d.proc.pid, d.webhook_port, self.base, self.a, outgoing=d.outgoing,
+                acked=self.acked, repeat=repeat, first=first, **self.load)
+
+    def __exit__(self, *exc) -> None:
+        run, d = self.run, self.d
+        try:
+            if exc[0] is None:
+                run.check = c.verify(d.outgoing, self.acked)
+                leftover = list(d.staging.iterdir()) if d.staging.exists() else []
+                run.check["staging_left"] = len(leftover)
+                time.sleep(1.0)
+                run.rss_after = c.rss_total(d.proc.pid)
+        finally:
+            d.stop()
+
+
+class BareServer:
+    """The bare twisted.web resource (baseline_server.py), as WebsmsdServer."""
+
+    def __init__(self, base: Path, a, label: str, warmup: int = 300, **load):
+        self.base, self.a, self.load, self.warmup = base, a, load, warmup
+        self.run = Run(label)
+        self.port = c.free_port()
+        self.proc: Optional[subprocess.Popen] = None
+
+    def __enter__(self) -> "BareServer":
+        run, a, load = self.run, self.a, self.load
+        self.proc = subprocess.Popen(
+            [sys.executable, str(c.BENCH / "baseline_server.py"), "--port", str(self.port),
+             "--logfile", str(self.base / f"{run.name}.log")])
+        try:
+            c.wait_accepting(self.port, 30, self.proc)
+            time.sleep(1.0)
+            run.rss_idle = c.rss_total(self.proc.pid)
+            run.rss_idle_text = c.rss_text(self.proc.pid)
+            if self.warmup:
+                c.loadgen(self.port, self.base, count=self.warmup, conns=a.conns,
                           kind=load.get("kind", "form"), close=load.get("close", False),
                           prefix="warm")
-            acked += w["acked"]
-            c.wait_callfiles(d.outgoing, len(acked), timeout=30)
-        measure(run, d.proc.pid, d.webhook_port, base, a, outgoing=d.outgoing, acked=acked,
-                repeat=repeat, **load)
-        run.check = c.verify(d.outgoing, acked)
-        leftover = list(d.staging.iterdir()) if d.staging.exists() else []
-        run.check["staging_left"] = len(leftover)
-        time.sleep(1.0)
-        run.rss_after = c.rss_total(d.proc.pid)
-    finally:
-        d.stop()
-    return run
+        except BaseException:
+            c.stop(self.proc)
+            raise
+        return self
+
+    def measure(self, first: int, repeat: int = 1) -> None:
+        measure(self.run, self.proc.pid, self.port, self.base, self.a, outgoing=None,
+                acked=[], repeat=repeat, first=first, **self.load)
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if exc[0] is None:
+                self.run.rss_after = c.rss_total(self.proc.pid)
+        finally:
+            c.stop(self.proc)
+
+
+def run_websmsd(base: Path, a, label: str, *, repeat: int, warmup: int = 300,
+                **load) -> Run:
+    with WebsmsdServer(base, a, label, warmup, **load) as server:
+        server.measure(0, repeat)
+    return server.run
 
 
 def run_baseline(base: Path, a, label: str, *, repeat: int, warmup: int = 300,
                  **load) -> Run:
-    run = Run(label)
-    port = c.free_port()
-    proc = subprocess.Popen([sys.executable, str(c.BENCH / "baseline_server.py"),
-                             "--port", str(port), "--logfile", str(base / f"{label}.log")])
-    try:
-        c.wait_accepting(port, 30, proc)
-        time.sleep(1.0)
-        run.rss_idle = c.rss_total(proc.pid)
-        run.rss_idle_text = c.rss_text(proc.pid)
-        if warmup:
-            c.loadgen(port, base, count=warmup, conns=a.conns, kind=load.get("kind", "form"),
-                      close=load.get("close", False), prefix="warm")
-        measure(run, proc.pid, port, base, a, outgoing=None, acked=[], repeat=repeat, **load)
-        run.rss_after = c.rss_total(proc.pid)
-    finally:
-        c.stop(proc)
-    return run
+    with BareServer(base, a, label, warmup, **load) as server:
+        server.measure(0, repeat)
+    return server.run
+
+
+def run_pair(base: Path, a, label: str, *, repeat: int, **load) -> Tuple[Run, Run]:
+    """websmsd and the bare resource on one load, both running, their runs in turns
+    (websmsd, bare, websmsd, bare...): a machine whose speed drifts over minutes (a
+    shared host) then moves both sides of each ratio alike."""
+    with WebsmsdServer(base, a, label, **load) as mine, \
+            BareServer(base, a, f"bare-{label}", **load) as bare:
+        for i in range(repeat):
+            mine.measure(i)
+            bare.measure(i)
+    return mine.run, bare.run
 
 
 # -- idle RSS with every channel configured ------------------------------------------------
@@ -610,6 +717,11 @@ def print_throughput(run: Run, what: str) -> None:
     print(f"   machine    other processes busy {run.median('other_cores'):.2f} cores "
           f"(median over the runs), load average {run.runs[-1]['loadavg']}"
           + (f"; waited {waited:.0f} s for a quieter machine" if waited >= 1 else ""))
+    if run.fill:
+        sent, each, mb = run.fill
+        print(f"   store      before the runs, {sent} webhooks until the store's write-ahead log "
+              f"stopped growing ({mb:.1f} MB): {each:.3f} ms of CPU each (a new store's "
+              "first fill, once per install; the runs above come after it)")
     if run.disk:
         print(f"   spool      {run.disk} (probed in this daemon's spool before it started; the CPU "
               "figure above pays it once per call file)")
@@ -642,6 +754,9 @@ def main(argv=None) -> int:
     p.add_argument("--php-workers", type=int, default=1,
                    help="PHP_CLI_SERVER_WORKERS (1: a single process, as the container runs it)")
     p.add_argument("--kills", type=int, default=3, help="SIGKILLs in the SIGKILL check")
+    p.add_argument("--fresh-store", dest="fill_store", action="store_false",
+                   help="measure websmsd on a new store (by default its write-ahead log is "
+                        "first filled to the size it keeps, see fill_store)")
     p.add_argument("--skip", action="append", default=[],
                    choices=("start", "form", "json", "baseline", "allrss", "close", "rate",
                             "php", "kill"))
@@ -679,30 +794,32 @@ def main(argv=None) -> int:
         for kind in ("form", "json"):
             if kind in a.skip:
                 continue
-            mine[kind] = run_websmsd(base, a, kind, repeat=a.repeat, kind=kind, **load)
+            if "baseline" in a.skip:
+                mine[kind] = run_websmsd(base, a, kind, repeat=a.repeat, kind=kind, **load)
+                bare = None
+            else:
+                mine[kind], bare = run_pair(base, a, kind, repeat=a.repeat, kind=kind, **load)
             print_throughput(mine[kind], f"websmsd, {kind} webhooks, keep-alive, closed loop")
             summary[f"{kind}_rps"] = mine[kind].rps
             if summary.get("rss_mb") is None:
                 summary["rss_mb"] = mine[kind].rss_idle
-
-        if "baseline" not in a.skip:
-            for kind in ("form", "json"):
-                if kind in a.skip:
-                    continue
-                bare = run_baseline(base, a, f"bare-{kind}", repeat=a.repeat, kind=kind, **load)
-                print_throughput(bare, f"bare twisted.web resource (baseline), {kind}")
-                share = 100.0 * mine[kind].rps / bare.rps
-                summary[f"vs_bare_{kind}"] = share
-                cpu_ratio = cpu_per_request(mine[kind]) / cpu_per_request(bare)
-                summary[f"cpu_vs_bare_{kind}"] = cpu_ratio
-                if summary.get("bare_rss_mb") is None:
-                    summary["bare_rss_mb"] = bare.rss_idle
-                print(f"   websmsd {kind}: {mine[kind].rps:.0f} req/s = {share:.0f}% of the "
-                      f"baseline's {bare.rps:.0f} (target >= {TARGETS['vs_bare']:.0f}%); CPU "
-                      f"per request {cpu_per_request(mine[kind]):.3f} ms vs "
-                      f"{cpu_per_request(bare):.3f} ms ({cpu_ratio:.2f}x, target <= "
-                      f"{TARGETS['cpu_vs_bare']}x); idle RSS {mine[kind].rss_idle:.1f} vs "
-                      f"{bare.rss_idle:.1f} MB ({mine[kind].rss_idle - bare.rss_idle:+.1f} MB)")
+            if bare is None:
+                continue
+            print_throughput(bare, f"bare twisted.web resource (baseline), {kind} (its runs "
+                                   "taken in turns with websmsd's)")
+            share = 100.0 * mine[kind].rps / bare.rps
+            summary[f"vs_bare_{kind}"] = share
+            cpu_ratio = cpu_per_request(mine[kind]) / cpu_per_request(bare)
+            summary[f"cpu_vs_bare_{kind}"] = cpu_ratio
+            if summary.get("bare_rss_mb") is None:
+                summary["bare_rss_mb"] = bare.rss_idle
+            print(f"   websmsd {kind}: {mine[kind].rps:.0f} req/s = {share:.0f}% of the "
+                  f"baseline's {bare.rps:.0f} (target >= {TARGETS['vs_bare']:.0f}%); CPU "
+                  f"per request {cpu_per_request(mine[kind]):.3f} ms vs "
+                  f"{cpu_per_request(bare):.3f} ms ({cpu_ratio:.2f}x, target <= "
+                  f"{TARGETS['cpu_vs_bare']}x; {pair_ratios(mine[kind], bare)}); idle RSS "
+                  f"{mine[kind].rss_idle:.1f} vs {bare.rss_idle:.1f} MB "
+                  f"({mine[kind].rss_idle - bare.rss_idle:+.1f} MB)")
 
         if "allrss" not in a.skip:
             print("-- idle RSS with every channel configured: [websms] + [websmsd] (twilio "
@@ -749,19 +866,24 @@ def main(argv=None) -> int:
 
         closed = None
         if "close" not in a.skip:
-            closed = run_websmsd(base, a, "close", repeat=a.repeat, close=True, **load)
+            if "baseline" in a.skip:
+                closed = run_websmsd(base, a, "close", repeat=a.repeat, close=True, **load)
+                bare_close = None
+            else:
+                closed, bare_close = run_pair(base, a, "close", repeat=a.repeat, close=True,
+                                              **load)
             print_throughput(closed, "websmsd, form webhooks, a new connection per request")
             summary["close_rps"] = closed.rps
-            if "baseline" not in a.skip:
-                bare_close = run_baseline(base, a, "bare-close", repeat=a.repeat, close=True,
-                                          **load)
+            if bare_close is not None:
                 print_throughput(bare_close, "bare twisted.web resource, a new connection "
-                                             "per request")
+                                             "per request (its runs taken in turns with "
+                                             "websmsd's)")
                 print(f"   websmsd: {closed.rps:.0f} req/s = "
                       f"{100.0 * closed.rps / bare_close.rps:.0f}% of the baseline's "
                       f"{bare_close.rps:.0f}; CPU per request "
                       f"{cpu_per_request(closed):.3f} ms vs {cpu_per_request(bare_close):.3f} ms "
-                      f"({cpu_per_request(closed) / cpu_per_request(bare_close):.2f}x)")
+                      f"({cpu_per_request(closed) / cpu_per_request(bare_close):.2f}x; "
+                      f"{pair_ratios(closed, bare_close)})")
 
         if "rate" not in a.skip:
             print(f"-- fixed rate {a.rate:.0f} req/s, {a.rate_count} form requests (open loop: "
