@@ -1002,8 +1002,9 @@ def main(argv=None) -> int:
              f"<= {TARGETS['p99_ms']:.0f} ms", lambda v: v <= TARGETS["p99_ms"], "{:.2f} ms"),
             ("websmsd / php", summary.get("vs_php"), f">= {TARGETS['vs_php']}x",
              lambda v: v >= TARGETS["vs_php"], "{:.2f}x"),
-            ("websmsd / php, reached the spool", summary.get("vs_php_reached"),
-             f">= {TARGETS['vs_php']}x", lambda v: v >= TARGETS["vs_php"], "{:.2f}x"),
+            # Not the measure (it counts accepted requests): shown beside it.
+            ("websmsd / php, reached the spool", summary.get("vs_php_reached"), None, None,
+             "{:.2f}x"),
             ("SIGKILL: lost / doubled", summary.get("kill_ok"), "none",
              lambda v: v, "{}"),
         ]
@@ -1011,11 +1012,13 @@ def main(argv=None) -> int:
             if value is None:
                 print(f"   {name:33} not measured")
             else:
-                met = ok(value)
                 shown = ("none" if value else "SOME") if isinstance(value, bool) else (
                     fmt.format(value))
+                if ok is None:
+                    print(f"   {name:33} {shown:>10}   (beside the row above: no target)")
+                    continue
                 print(f"   {name:33} {shown:>10}   target {target:10} "
-                      f"{'met' if met else 'NOT met'}")
+                      f"{'met' if ok(value) else 'NOT met'}")
     finally:
         c.cleanup(base, a.keep)
     return 0
